@@ -1,0 +1,145 @@
+"""The one model registry: ``@register`` a builder, ``create_model`` builds by name.
+
+Every registered builder takes ``num_classes`` and ``in_channels`` and any keyword arguments of its own;
+``create_model`` records the call on the model so that ``save_pretrained`` can write it out and
+``from_pretrained`` can rebuild exactly the same network.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import PixelsegError, closest
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    paper: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, *, paper: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model builder under ``name``; ``paper`` is the citation shown by ``pixelseg models``."""
+
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model name {name!r} is registered twice")
+        _REGISTRY[name] = ModelEntry(name, builder, paper)
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    _import_all()
+    return sorted(_REGISTRY)
+
+
+def model_entry(name: str) -> ModelEntry:
+    _import_all()
+    if name not in _REGISTRY:
+        raise PixelsegError(f"unknown model '{name}'{closest(name, _REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    encoder: str | None = None,
+    encoder_weights: str | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model by name (like ``timm.create_model`` / ``smp.create_model``).
+
+    ``encoder`` names a timm backbone for models that take one; ``encoder_weights`` is a local weights
+    file (safetensors) or a pretrained tag such as ``"imagenet"`` that timm downloads for users online.
+    """
+    entry = model_entry(name)
+    call: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels, **kwargs}
+    if encoder is not None:
+        call["encoder"] = encoder
+    if encoder_weights is not None:
+        call["encoder_weights"] = encoder_weights
+    try:
+        model = entry.builder(**call)
+    except TypeError as err:
+        raise PixelsegError(f"model '{name}': {err}") from None
+    # Weights are loaded once at build time; a rebuilt model must not fetch them again.
+    config = {"name": name, "num_classes": num_classes, "in_channels": in_channels,
+              "encoder": encoder, "kwargs": _jsonable(kwargs, name)}
+    model.pixelseg_config = config
+    return model
+
+
+def config_of(model: nn.Module) -> dict[str, Any]:
+    config = getattr(model, "pixelseg_config", None)
+    if config is None:
+        raise PixelsegError("this model was not built by pixelseg.create_model; its config is unknown")
+    return config
+
+
+def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically, file by file)."""
+    from ..engine.checkpoint import atomic_write_bytes, save_state_dict_atomic
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_state_dict_atomic(model.state_dict(), directory / "model.safetensors")
+    atomic_write_bytes(directory / "config.json", json.dumps(config_of(model), indent=2).encode())
+    return directory
+
+
+def from_pretrained(directory: str | Path, *, map_location: str = "cpu") -> nn.Module:
+    """Rebuild a model saved with ``save_pretrained``: its config, then its weights. No pickle."""
+    from ..engine.checkpoint import load_state_dict
+
+    directory = Path(directory)
+    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise PixelsegError("not a saved model: file is missing", path)
+    try:
+        config = json.loads(config_path.read_text())
+        name, num_classes = config["name"], config["num_classes"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise PixelsegError(f"unreadable model config ({err})", config_path) from None
+    model = create_model(name, num_classes=num_classes, in_channels=config.get("in_channels", 3),
+                         encoder=config.get("encoder"), **config.get("kwargs", {}))
+    state = load_state_dict(weights_path, map_location=map_location)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise PixelsegError(f"weights do not fit model '{name}': missing {missing[:3]}, unexpected "
+                            f"{unexpected[:3]}", weights_path)
+    return model
+
+
+def _jsonable(kwargs: dict[str, Any], name: str) -> dict[str, Any]:
+    try:
+        json.dumps(kwargs)
+    except TypeError as err:
+        raise PixelsegError(f"model '{name}': keyword arguments must be JSON values ({err})") from None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+
+
+_IMPORTED = False
+
+
+def _import_all() -> None:
+    """Import every model module once so that their ``@register`` calls run."""
+    global _IMPORTED
+    if not _IMPORTED:
+        _IMPORTED = True
+        from . import _all  # noqa: F401

@@ -1,0 +1,171 @@
+"""U-Net (Ronneberger, Fischer & Brox, 2015, arXiv:1505.04597).
+
+Contracting path: repeated two 3x3 convolutions (unpadded in the paper) + ReLU, then 2x2 max pooling,
+doubling the channels from 64 to 1024. Expansive path: a 2x2 up-convolution halving the channels,
+concatenation with the centre-cropped feature map of the same level, two 3x3 convolutions. A 1x1
+convolution maps the 64 channels to the classes. With valid convolutions a 572x572 input gives a
+388x388 output; ``input_size_for`` tells predictors how much mirrored context to add (overlap-tile).
+
+``padding="same"`` keeps the output the size of the input; ``encoder="resnet34"`` (any timm name) swaps
+the contracting path for a timm backbone with the same U-shaped decoder.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .base import SegmentationModel
+from .blocks import center_crop_to, crop_to, pad_to_multiple
+from .encoders import TimmEncoder
+from .registry import register
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 convolutions, each followed by (optional batch norm and) ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, padding: int, batch_norm: bool) -> None:
+        layers: list[nn.Module] = []
+        for channels_in in (in_channels, out_channels):
+            layers.append(nn.Conv2d(channels_in, out_channels, 3, padding=padding, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class Up(nn.Module):
+    """2x2 up-convolution, crop-and-concatenate with the skip features, two 3x3 convolutions."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, *, padding: int,
+                 batch_norm: bool) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+        self.conv = DoubleConv(out_channels + skip_channels, out_channels, padding=padding,
+                               batch_norm=batch_norm)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = self.up(x)
+        skip = center_crop_to(skip, tuple(x.shape[-2:]))
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class UNet(SegmentationModel):
+    """The paper's U-Net: ``depth`` poolings, ``base_channels`` doubling per level."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, *, base_channels: int = 64, depth: int = 4,
+                 padding: Literal["valid", "same"] = "valid", batch_norm: bool = False) -> None:
+        super().__init__()
+        if padding not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid' or 'same', not {padding!r}")
+        pad = 1 if padding == "same" else 0
+        self.padding, self.depth = padding, depth
+        widths = [base_channels * 2**level for level in range(depth + 1)]
+        self.inc = DoubleConv(in_channels, widths[0], padding=pad, batch_norm=batch_norm)
+        self.downs = nn.ModuleList(
+            DoubleConv(widths[i], widths[i + 1], padding=pad, batch_norm=batch_norm) for i in range(depth))
+        self.pool = nn.MaxPool2d(2)
+        self.ups = nn.ModuleList(
+            Up(widths[i + 1], widths[i], widths[i], padding=pad, batch_norm=batch_norm)
+            for i in reversed(range(depth)))
+        self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.padding == "same":
+            x, size = pad_to_multiple(x, 2**self.depth, mode="reflect" if min(x.shape[-2:]) > 1 else "constant")
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(self.pool(skips[-1])))
+        y = skips.pop()
+        for up in self.ups:
+            y = up(y, skips.pop())
+        logits = self.head(y)
+        return crop_to(logits, size) if self.padding == "same" else logits
+
+    # ---- valid convolutions: sizes for overlap-tile ----------------------------------------------------
+    def output_size(self, input_size: int) -> int:
+        """Output side for an input side (valid mode); 572 → 388 for the paper's network."""
+        size = input_size
+        for _ in range(self.depth):
+            size -= 4
+            if size <= 0 or size % 2:
+                raise ValueError(f"input side {input_size} does not fit a valid U-Net of depth {self.depth}")
+            size //= 2
+        size -= 4
+        for _ in range(self.depth):
+            size = size * 2 - 4
+        if size <= 0:
+            raise ValueError(f"input side {input_size} is too small for a valid U-Net")
+        return size
+
+    def _input_side_for(self, output_side: int) -> int:
+        if self.padding == "same":
+            return output_side
+        # The bottleneck side b gives output 2^d (b) - 4 (2^(d+1) - 4) ... solve for the smallest valid b.
+        scale = 2**self.depth
+        shrink_up = 4 * (scale - 1)  # 60 for depth 4
+        bottom = max(1, math.ceil((output_side + shrink_up) / scale))
+        side = bottom + 4
+        for _ in range(self.depth):
+            side = side * 2 + 4
+        return side
+
+    def input_size_for(self, output_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        if self.padding == "same":
+            return output_size, (0, 0)
+        sides = tuple(self._input_side_for(s) for s in output_size)
+        margin = (sides[0] - self.output_size(sides[0])) // 2
+        return sides, (margin, margin)
+
+
+class EncoderUNet(SegmentationModel):
+    """U-Net decoder on a timm encoder: at each stride, 2x2 up-convolution, concatenation, two convs."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, *, encoder: str = "resnet34",
+                 encoder_weights: str | None = None,
+                 decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)) -> None:
+        super().__init__()
+        self.encoder = TimmEncoder(encoder, in_channels=in_channels, weights=encoder_weights)
+        channels, reductions = self.encoder.channels, self.encoder.reductions
+        self.stride = reductions[-1]
+        skips = list(reversed(channels[:-1]))
+        skip_reductions = list(reversed(reductions[:-1]))
+        blocks, previous, reduction = [], channels[-1], reductions[-1]
+        for i, out_channels in enumerate(decoder_channels):
+            reduction //= 2
+            if reduction < 1:
+                break
+            has_skip = i < len(skips) and skip_reductions[i] == reduction
+            blocks.append(Up(previous, skips[i] if has_skip else 0, out_channels, padding=1, batch_norm=True))
+            previous = out_channels
+        self.skip_count = min(len(skips), len(blocks))
+        self.decoder = nn.ModuleList(blocks)
+        self.head = nn.Conv2d(previous, num_classes, kernel_size=3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, size = pad_to_multiple(x, self.stride)
+        features = self.encoder(x)
+        y = features[-1]
+        skips = list(reversed(features[:-1]))
+        for i, block in enumerate(self.decoder):
+            skip = skips[i] if i < len(skips) and skips[i].shape[-1] == 2 * y.shape[-1] else y.new_zeros(
+                y.shape[0], 0, 2 * y.shape[-2], 2 * y.shape[-1])
+            y = block(y, skip)
+        logits = self.head(y)
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return crop_to(logits, size)
+
+
+@register("unet", paper="Ronneberger et al., U-Net, MICCAI 2015, arXiv:1505.04597")
+def unet(num_classes: int, in_channels: int = 1, *, encoder: str | None = None,
+         encoder_weights: str | None = None, **kwargs) -> SegmentationModel:
+    """The paper's U-Net by default (valid convs, 64 channels); with ``encoder`` a timm-encoder U-Net."""
+    if encoder is None:
+        if encoder_weights is not None:
+            raise ValueError("encoder_weights needs an encoder (the paper U-Net is trained from scratch)")
+        return UNet(num_classes, in_channels, **kwargs)
+    return EncoderUNet(num_classes, in_channels, encoder=encoder, encoder_weights=encoder_weights, **kwargs)
