@@ -1,0 +1,249 @@
+"""RoIPool and RoIAlign in plain, vectorised PyTorch (autograd gives the backward pass).
+
+RoIPool (Girshick, "Fast R-CNN", 2015, arXiv:1504.08083) quantises a box onto the feature grid and
+takes the maximum of each of ``output_size`` roughly equal bins. RoIAlign (He, Gkioxari, Dollár,
+Girshick, "Mask R-CNN", 2017, arXiv:1703.06870) removes that quantisation, the one idea that makes
+pixel-accurate masks possible: each bin is sampled at ``sampling_ratio x sampling_ratio`` regular
+points by bilinear interpolation and averaged. ``sampling_ratio <= 0`` chooses ``ceil(box / bins)``
+points per bin for every box separately (the adaptive default), and ``aligned=True`` shifts the box
+by half a pixel so that a continuous coordinate ``x`` falls between pixel centres ``floor(x - 0.5)``
+and ``floor(x - 0.5) + 1`` (Detectron2's correction).
+
+Both functions follow the conventions of ``torchvision.ops.roi_pool`` / ``roi_align`` exactly (the
+tests compare them to 1e-5, gradients included): boxes are ``(x1, y1, x2, y2)`` in input-image
+coordinates, scaled by ``spatial_scale``, given either as a ``(K, 5)`` tensor whose first column is
+the batch index or as a list of ``(L_i, 4)`` tensors, one per image.
+
+The implementation gathers feature vectors at integer positions from a ``(B*H*W, C)`` view of the
+map, so the memory is ``K * samples * C``; boxes are processed in chunks to bound it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+# Upper bound on gathered values (K * samples * C) held at once; boxes are processed in chunks below it.
+_GATHER_BUDGET = 2**24
+
+
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def boxes_to_rois(boxes: Tensor | list[Tensor]) -> Tensor:
+    """``(K, 5)`` rows ``(batch_index, x1, y1, x2, y2)`` from either accepted box format."""
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise ValueError(f"boxes as one tensor must have shape (K, 5), got {tuple(boxes.shape)}")
+        return boxes
+    if not boxes:
+        raise ValueError("boxes is an empty list")
+    rows = []
+    for index, per_image in enumerate(boxes):
+        if per_image.dim() != 2 or per_image.shape[1] != 4:
+            raise ValueError(f"boxes[{index}] must have shape (L, 4), got {tuple(per_image.shape)}")
+        column = torch.full_like(per_image[:, :1], index)
+        rows.append(torch.cat([column, per_image], dim=1))
+    return torch.cat(rows, dim=0)
+
+
+def _chunks(num_rois: int, values_per_roi: int) -> list[slice]:
+    step = max(1, _GATHER_BUDGET // max(values_per_roi, 1))
+    return [slice(start, min(start + step, num_rois)) for start in range(0, num_rois, step)]
+
+
+# ---- RoIAlign ------------------------------------------------------------------------------------
+
+def _bilinear_taps(coords: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Low/high integer neighbours of sample coordinates along one axis and their weights.
+
+    A sample further than one pixel outside the map contributes nothing (both weights zero); one
+    within that margin is clamped onto the border, as in the reference kernels.
+    """
+    outside = (coords < -1.0) | (coords > size)
+    coords = coords.clamp(min=0.0)
+    low = coords.floor().long()
+    at_last = low >= size - 1
+    low = torch.where(at_last, torch.full_like(low, size - 1), low)
+    high = torch.where(at_last, low, low + 1)
+    coords = torch.where(at_last, low.to(coords.dtype), coords)
+    frac_high = coords - low.to(coords.dtype)
+    frac_low = 1.0 - frac_high
+    keep = (~outside).to(coords.dtype)
+    return low, high, frac_low * keep, frac_high * keep
+
+
+def _sample_axis(start: Tensor, bin_size: Tensor, grid: Tensor, bins: int, max_grid: int) -> Tensor:
+    """Sample coordinates along one axis, shape ``(K, bins, max_grid)``: bin ``p``, point ``i`` lies at
+    ``start + p * bin + (i + 0.5) * bin / grid``; points with ``i >= grid`` are padding."""
+    bin_index = torch.arange(bins, device=start.device, dtype=start.dtype).view(1, bins, 1)
+    point_index = torch.arange(max_grid, device=start.device, dtype=start.dtype).view(1, 1, max_grid)
+    step = (bin_size / grid.to(start.dtype)).view(-1, 1, 1)
+    return start.view(-1, 1, 1) + bin_index * bin_size.view(-1, 1, 1) + (point_index + 0.5) * step
+
+
+def roi_align(
+    features: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """RoIAlign of ``features`` ``(B, C, H, W)`` over ``boxes``; returns ``(K, C, *output_size)``."""
+    rois = boxes_to_rois(boxes).to(features.dtype)
+    out_h, out_w = _pair(output_size)
+    batch, channels, height, width = features.shape
+    num_rois = rois.shape[0]
+    if num_rois == 0:
+        return features.new_zeros(0, channels, out_h, out_w)
+
+    offset = 0.5 if aligned else 0.0
+    x1 = rois[:, 1] * spatial_scale - offset
+    y1 = rois[:, 2] * spatial_scale - offset
+    roi_w = rois[:, 3] * spatial_scale - offset - x1
+    roi_h = rois[:, 4] * spatial_scale - offset - y1
+    if not aligned:  # the legacy behaviour: boxes are at least one pixel wide
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    bin_w, bin_h = roi_w / out_w, roi_h / out_h
+    if sampling_ratio > 0:
+        grid_h = torch.full((num_rois,), sampling_ratio, dtype=torch.long, device=features.device)
+        grid_w = grid_h.clone()
+    else:
+        grid_h = torch.ceil(roi_h / out_h).long()
+        grid_w = torch.ceil(roi_w / out_w).long()
+    max_gh = max(int(grid_h.max()), 1)
+    max_gw = max(int(grid_w.max()), 1)
+
+    flat = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+    outputs = []
+    for part in _chunks(num_rois, out_h * max_gh * out_w * max_gw * channels * 4):
+        ys = _sample_axis(y1[part], bin_h[part], grid_h[part].clamp(min=1), out_h, max_gh)
+        xs = _sample_axis(x1[part], bin_w[part], grid_w[part].clamp(min=1), out_w, max_gw)
+        y_low, y_high, wy_low, wy_high = _bilinear_taps(ys, height)  # (k, out_h, gh)
+        x_low, x_high, wx_low, wx_high = _bilinear_taps(xs, width)  # (k, out_w, gw)
+        # padding points beyond a box's own grid get zero weight
+        valid_y = (torch.arange(max_gh, device=features.device).view(1, 1, -1) < grid_h[part].view(-1, 1, 1))
+        valid_x = (torch.arange(max_gw, device=features.device).view(1, 1, -1) < grid_w[part].view(-1, 1, 1))
+        wy_low, wy_high = wy_low * valid_y, wy_high * valid_y
+        wx_low, wx_high = wx_low * valid_x, wx_high * valid_x
+
+        base = (rois[part, 0].long() * height * width).view(-1, 1, 1, 1, 1)
+
+        def tap(rows: Tensor, cols: Tensor, weight_y: Tensor, weight_x: Tensor, base: Tensor = base) -> Tensor:
+            # (k, out_h, gh, 1, 1) x (k, 1, 1, out_w, gw) -> gathered (k, out_h, gh, out_w, gw, C)
+            index = base + rows[:, :, :, None, None] * width + cols[:, None, None, :, :]
+            weight = weight_y[:, :, :, None, None] * weight_x[:, None, None, :, :]
+            return flat[index] * weight.unsqueeze(-1)
+
+        total = (tap(y_low, x_low, wy_low, wx_low) + tap(y_low, x_high, wy_low, wx_high)
+                 + tap(y_high, x_low, wy_high, wx_low) + tap(y_high, x_high, wy_high, wx_high))
+        count = (grid_h[part] * grid_w[part]).clamp(min=1).to(features.dtype).view(-1, 1, 1, 1)
+        pooled = total.sum(dim=(2, 4)) / count  # (k, out_h, out_w, C)
+        outputs.append(pooled.permute(0, 3, 1, 2))
+    return torch.cat(outputs, dim=0)
+
+
+# ---- RoIPool -------------------------------------------------------------------------------------
+
+def _round_half_away(values: Tensor) -> Tensor:
+    """C's ``round``: halves go away from zero (``torch.round`` rounds them to even)."""
+    return torch.sign(values) * torch.floor(values.abs() + 0.5)
+
+
+def roi_pool(
+    features: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+) -> Tensor:
+    """RoIPool (max over quantised bins) of ``features`` ``(B, C, H, W)``; returns ``(K, C, *output_size)``.
+
+    Empty bins (entirely outside the map) give 0 and no gradient.
+    """
+    rois = boxes_to_rois(boxes).to(features.dtype)
+    out_h, out_w = _pair(output_size)
+    batch, channels, height, width = features.shape
+    num_rois = rois.shape[0]
+    if num_rois == 0:
+        return features.new_zeros(0, channels, out_h, out_w)
+
+    start_x = _round_half_away(rois[:, 1] * spatial_scale).long()
+    start_y = _round_half_away(rois[:, 2] * spatial_scale).long()
+    end_x = _round_half_away(rois[:, 3] * spatial_scale).long()
+    end_y = _round_half_away(rois[:, 4] * spatial_scale).long()
+    roi_w = (end_x - start_x + 1).clamp(min=1)
+    roi_h = (end_y - start_y + 1).clamp(min=1)
+
+    def bin_edges(start: Tensor, extent: Tensor, bins: int, size: int) -> tuple[Tensor, Tensor]:
+        bin_size = extent.to(features.dtype).view(-1, 1) / bins
+        index = torch.arange(bins, device=features.device, dtype=features.dtype).view(1, -1)
+        lo = torch.floor(index * bin_size).long() + start.view(-1, 1)
+        hi = torch.ceil((index + 1) * bin_size).long() + start.view(-1, 1)
+        return lo.clamp(0, size), hi.clamp(0, size)
+
+    y_lo, y_hi = bin_edges(start_y, roi_h, out_h, height)  # (K, out_h)
+    x_lo, x_hi = bin_edges(start_x, roi_w, out_w, width)  # (K, out_w)
+    max_kh = max(int((y_hi - y_lo).max()), 1)
+    max_kw = max(int((x_hi - x_lo).max()), 1)
+
+    flat = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+    outputs = []
+    for part in _chunks(num_rois, out_h * max_kh * out_w * max_kw * channels):
+        rows = y_lo[part].unsqueeze(-1) + torch.arange(max_kh, device=features.device)  # (k, out_h, kh)
+        cols = x_lo[part].unsqueeze(-1) + torch.arange(max_kw, device=features.device)  # (k, out_w, kw)
+        inside_y = rows < y_hi[part].unsqueeze(-1)
+        inside_x = cols < x_hi[part].unsqueeze(-1)
+        rows, cols = rows.clamp(max=height - 1), cols.clamp(max=width - 1)
+        base = (rois[part, 0].long() * height * width).view(-1, 1, 1, 1, 1)
+        index = base + rows[:, :, :, None, None] * width + cols[:, None, None, :, :]
+        inside = inside_y[:, :, :, None, None] & inside_x[:, None, None, :, :]  # (k, out_h, kh, out_w, kw)
+        values = flat[index].masked_fill(~inside.unsqueeze(-1), float("-inf"))
+        k = values.shape[0]
+        values = values.permute(0, 1, 3, 5, 2, 4).reshape(k, out_h, out_w, channels, max_kh * max_kw)
+        pooled = values.max(dim=-1).values
+        pooled = torch.where(torch.isinf(pooled) & (pooled < 0), torch.zeros_like(pooled), pooled)
+        outputs.append(pooled.permute(0, 3, 1, 2))
+    return torch.cat(outputs, dim=0)
+
+
+class RoIAlign(nn.Module):
+    """Module form of :func:`roi_align` (same arguments as ``torchvision.ops.RoIAlign``)."""
+
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float, sampling_ratio: int,
+                 aligned: bool = False) -> None:
+        super().__init__()
+        self.output_size = _pair(output_size)
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, features: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
+        return roi_align(features, boxes, self.output_size, self.spatial_scale, self.sampling_ratio,
+                         self.aligned)
+
+    def extra_repr(self) -> str:
+        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}")
+
+
+class RoIPool(nn.Module):
+    """Module form of :func:`roi_pool` (same arguments as ``torchvision.ops.RoIPool``)."""
+
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float) -> None:
+        super().__init__()
+        self.output_size = _pair(output_size)
+        self.spatial_scale = spatial_scale
+
+    def forward(self, features: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
+        return roi_pool(features, boxes, self.output_size, self.spatial_scale)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+
+
+__all__ = ["RoIAlign", "RoIPool", "boxes_to_rois", "roi_align", "roi_pool"]
