@@ -1,0 +1,242 @@
+"""HRNetV2 (Sun, Zhao, Jiang, Cheng, Xiao, Liu, Mu, Wang, Liu & Wang, 2019, arXiv:1904.04514,
+"High-Resolution Representations for Labeling Pixels and Regions").
+
+The one idea: never lose the high resolution. Instead of encoding down to a coarse map and decoding
+back up, the network keeps a stride-4 stream alive from the stem to the head and adds a lower
+resolution stream at each stage (stride 8, 16, 32), so that stage 2, 3 and 4 run 2, 3 and 4 parallel
+streams of residual blocks. After every multi-resolution module each stream receives the sum of all
+streams brought to its resolution ("repeated multi-resolution fusion": strided 3x3 convolutions going
+down, 1x1 convolution + upsampling going up). The HRNetV2 head upsamples the four outputs to stride 4,
+concatenates them (15 C channels for width C) and classifies with 1x1 conv + BN + ReLU + 1x1 conv.
+
+Layout (width C = 18 or 48): stem of two stride-2 3x3 convolutions (64 channels); stage 1: four
+bottleneck blocks (64 → 256 channels); stages 2/3/4: 1/4/3 modules of four basic blocks per stream with
+C, 2C, 4C, 8C channels. ``hrnetv2_w48`` with 19 classes has the 65.9M parameters of the paper's
+Cityscapes table. The module names follow the authors' release (also used by timm's ``hrnet_w*``), so
+ImageNet weights from timm load into the backbone with ``encoder_weights``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import SegmentationModel
+from .blocks import crop_to, pad_to_multiple
+from .encoders import create_timm
+from .registry import register
+
+UpsampleMode = Literal["bilinear", "nearest"]
+
+# Modules per stage and residual blocks per stream: the paper's Table (HRNetV2-W18/W32/W48 share it).
+STAGE_MODULES = (1, 4, 3)
+BLOCKS_PER_STREAM = 4
+STEM_CHANNELS = 64
+
+
+def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, *,
+            relu: bool = False) -> nn.Sequential:
+    """Convolution (no bias) + batch norm, optionally followed by ReLU."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                                         padding=kernel_size // 2, bias=False), nn.BatchNorm2d(out_channels)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with an identity shortcut (the residual unit of stages 2-4)."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.downsample = conv_bn(in_channels, channels, 1) if in_channels != channels else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return F.relu(self.bn2(self.conv2(y)) + shortcut, inplace=True)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand (x4) with a shortcut: the residual unit of stage 1."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__()
+        out_channels = channels * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv3 = nn.Conv2d(channels, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.downsample = conv_bn(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        y = F.relu(self.bn2(self.conv2(y)), inplace=True)
+        return F.relu(self.bn3(self.conv3(y)) + shortcut, inplace=True)
+
+
+def downsampling_path(in_channels: int, out_channels: int, steps: int) -> nn.Sequential:
+    """``steps`` stride-2 3x3 convolutions from a high- to a low-resolution stream.
+
+    The intermediate convolutions keep the source width and end in ReLU; the last one changes the width
+    and has no ReLU (the ReLU comes after the fusion sum).
+    """
+    layers = [conv_bn(in_channels, in_channels, 3, stride=2, relu=True) for _ in range(steps - 1)]
+    layers.append(conv_bn(in_channels, out_channels, 3, stride=2))
+    return nn.Sequential(*layers)
+
+
+class HighResolutionModule(nn.Module):
+    """Parallel streams of basic blocks, then every stream receives the sum of all streams (fusion)."""
+
+    def __init__(self, widths: list[int], *, upsample_mode: UpsampleMode = "bilinear") -> None:
+        super().__init__()
+        self.upsample_mode = upsample_mode
+        self.branches = nn.ModuleList(
+            nn.Sequential(*(BasicBlock(width, width) for _ in range(BLOCKS_PER_STREAM))) for width in widths)
+        fuse_layers = []
+        for target, target_width in enumerate(widths):
+            row: list[nn.Module] = []
+            for source, source_width in enumerate(widths):
+                if source > target:  # lower resolution: 1x1 conv to the target width, then upsample
+                    row.append(conv_bn(source_width, target_width, 1))
+                elif source == target:
+                    row.append(nn.Identity())
+                else:  # higher resolution: strided 3x3 convolutions
+                    row.append(downsampling_path(source_width, target_width, target - source))
+            fuse_layers.append(nn.ModuleList(row))
+        self.fuse_layers = nn.ModuleList(fuse_layers) if len(widths) > 1 else nn.ModuleList()
+
+    def forward(self, streams: list[Tensor]) -> list[Tensor]:
+        streams = [branch(x) for branch, x in zip(self.branches, streams, strict=True)]
+        if len(streams) == 1:
+            return streams
+        fused = []
+        for target, row in enumerate(self.fuse_layers):
+            size = streams[target].shape[-2:]
+            total: Tensor | None = None
+            for source, layer in enumerate(row):  # summed from the highest resolution down
+                y = layer(streams[source])
+                if source > target:
+                    y = F.interpolate(y, size=size, mode=self.upsample_mode,
+                                      align_corners=False if self.upsample_mode == "bilinear" else None)
+                total = y if total is None else total + y
+            fused.append(F.relu(total))
+        return fused
+
+
+class HRNetBackbone(nn.Module):
+    """Stem, stage 1 (bottlenecks), then stages 2-4 with 2, 3, 4 streams of width C, 2C, 4C, 8C.
+
+    Returns the four stream outputs at strides 4, 8, 16, 32.
+    """
+
+    def __init__(self, width: int, in_channels: int = 3, *, upsample_mode: UpsampleMode = "bilinear") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, STEM_CHANNELS, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(STEM_CHANNELS)
+        self.conv2 = nn.Conv2d(STEM_CHANNELS, STEM_CHANNELS, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(STEM_CHANNELS)
+        stage1_width = STEM_CHANNELS * Bottleneck.expansion
+        self.layer1 = nn.Sequential(
+            Bottleneck(STEM_CHANNELS, STEM_CHANNELS),
+            *(Bottleneck(stage1_width, STEM_CHANNELS) for _ in range(BLOCKS_PER_STREAM - 1)))
+        self.widths = [width * 2**stream for stream in range(4)]
+        previous = [stage1_width]
+        for stage, modules in zip((2, 3, 4), STAGE_MODULES, strict=True):
+            widths = self.widths[:stage]
+            setattr(self, f"transition{stage - 1}", self._transition(previous, widths))
+            setattr(self, f"stage{stage}", nn.Sequential(
+                *(HighResolutionModule(widths, upsample_mode=upsample_mode) for _ in range(modules))))
+            previous = widths
+
+    @staticmethod
+    def _transition(previous: list[int], widths: list[int]) -> nn.ModuleList:
+        """Adapt the existing streams' widths and open a new, half-resolution stream from the lowest one."""
+        layers: list[nn.Module] = []
+        for stream, width in enumerate(widths):
+            if stream < len(previous):
+                layers.append(nn.Identity() if previous[stream] == width
+                              else conv_bn(previous[stream], width, 3, relu=True))
+            else:
+                layers.append(nn.Sequential(conv_bn(previous[-1], width, 3, stride=2, relu=True)))
+        return nn.ModuleList(layers)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x = F.relu(self.bn2(self.conv2(x)), inplace=True)
+        streams = [self.layer1(x)]
+        for stage in (2, 3, 4):
+            transition: nn.ModuleList = getattr(self, f"transition{stage - 1}")
+            streams = [layer(streams[min(i, len(streams) - 1)]) for i, layer in enumerate(transition)]
+            for module in getattr(self, f"stage{stage}"):
+                streams = module(streams)
+        return streams
+
+    def load_timm_hrnet(self, weights: str, timm_name: str) -> None:
+        """Copy the backbone of timm's ``hrnet_w*`` (ImageNet): same module names, classifier head dropped."""
+        reference = create_timm(timm_name, in_channels=self.conv1.in_channels, weights=weights)
+        classification_head = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
+        state = {key: value for key, value in reference.state_dict().items()
+                 if not key.startswith(classification_head)}
+        self.load_state_dict(state, strict=True)
+
+
+class HRNetV2(SegmentationModel):
+    """HRNetV2 for semantic segmentation: HRNet backbone + the concatenate-all-resolutions head."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, *, width: int = 48,
+                 encoder_weights: str | None = None, upsample_mode: UpsampleMode = "bilinear") -> None:
+        super().__init__()
+        if upsample_mode not in ("bilinear", "nearest"):
+            raise ValueError(f"upsample_mode must be 'bilinear' or 'nearest', not {upsample_mode!r}")
+        self.backbone = HRNetBackbone(width, in_channels, upsample_mode=upsample_mode)
+        if encoder_weights is not None:
+            self.backbone.load_timm_hrnet(encoder_weights, f"hrnet_w{width}")
+        head_channels = sum(self.backbone.widths)  # 15 C
+        self.head = nn.Sequential(
+            nn.Conv2d(head_channels, head_channels, 1), nn.BatchNorm2d(head_channels), nn.ReLU(inplace=True),
+            nn.Conv2d(head_channels, num_classes, 1))
+        self.stride = 32
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, size = pad_to_multiple(x, self.stride)
+        streams = self.backbone(x)
+        high = streams[0].shape[-2:]
+        features = torch.cat([streams[0]] + [F.interpolate(s, size=high, mode="bilinear", align_corners=False)
+                                             for s in streams[1:]], dim=1)
+        logits = F.interpolate(self.head(features), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return crop_to(logits, size)
+
+
+_PAPER = "Sun et al., High-Resolution Representations for Labeling Pixels and Regions, 2019, arXiv:1904.04514"
+
+
+@register("hrnetv2_w18", paper=_PAPER)
+def hrnetv2_w18(num_classes: int, in_channels: int = 3, *, encoder_weights: str | None = None,
+                upsample_mode: UpsampleMode = "bilinear") -> HRNetV2:
+    """HRNetV2-W18 (stream widths 18, 36, 72, 144); ``encoder_weights`` as for timm's ``hrnet_w18``."""
+    return HRNetV2(num_classes, in_channels, width=18, encoder_weights=encoder_weights,
+                   upsample_mode=upsample_mode)
+
+
+@register("hrnetv2_w48", paper=_PAPER)
+def hrnetv2_w48(num_classes: int, in_channels: int = 3, *, encoder_weights: str | None = None,
+                upsample_mode: UpsampleMode = "bilinear") -> HRNetV2:
+    """HRNetV2-W48 (stream widths 48, 96, 192, 384); ``encoder_weights`` as for timm's ``hrnet_w48``."""
+    return HRNetV2(num_classes, in_channels, width=48, encoder_weights=encoder_weights,
+                   upsample_mode=upsample_mode)
