@@ -11,7 +11,8 @@
 - ``JointPyramidUpsampling``: FastFCN's JPU (Wu et al., 2019, arXiv:1903.11816): the last three stages of
   an undilated backbone brought to stride 8 and mixed by separable convolutions at dilations 1, 2, 4, 8,
   which stands in for the dilated convolutions of the backbone.
-- ``AuxiliaryHead``: the 3x3 conv + classifier that deep supervision puts on an intermediate stage.
+- ``ClassifierHead``: 3x3 conv-BN-ReLU, dropout, 1x1 classifier — PSPNet's final head, and the auxiliary
+  head that deep supervision puts on an intermediate stage.
 """
 
 from __future__ import annotations
@@ -163,8 +164,8 @@ class JointPyramidUpsampling(nn.Module):
         return torch.cat([branch(joint) for branch in self.dilated], dim=1)
 
 
-class AuxiliaryHead(nn.Sequential):
-    """Deep supervision on an intermediate stage: 3x3 conv-BN-ReLU, dropout, 1x1 classifier."""
+class ClassifierHead(nn.Sequential):
+    """3x3 conv-BN-ReLU, dropout, 1x1 classifier (PSPNet's head; also its auxiliary head on stage 3)."""
 
     def __init__(self, in_channels: int, num_classes: int, hidden_channels: int = 256,
                  dropout: float = 0.1) -> None:
