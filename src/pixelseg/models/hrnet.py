@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import SegmentationModel
-from .blocks import crop_to, pad_to_multiple
+from .blocks import ConvBnAct, crop_to, pad_to_multiple
 from .encoders import create_timm
 from .registry import register
 
@@ -35,16 +35,6 @@ UpsampleMode = Literal["bilinear", "nearest"]
 STAGE_MODULES = (1, 4, 3)
 BLOCKS_PER_STREAM = 4
 STEM_CHANNELS = 64
-
-
-def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, *,
-            relu: bool = False) -> nn.Sequential:
-    """Convolution (no bias) + batch norm, optionally followed by ReLU."""
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                                         padding=kernel_size // 2, bias=False), nn.BatchNorm2d(out_channels)]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 class BasicBlock(nn.Module):
@@ -58,7 +48,8 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.downsample = conv_bn(in_channels, channels, 1) if in_channels != channels else None
+        self.downsample = (ConvBnAct(in_channels, channels, 1, activation=None)
+                           if in_channels != channels else None)
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -80,7 +71,8 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         self.conv3 = nn.Conv2d(channels, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
-        self.downsample = conv_bn(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.downsample = (ConvBnAct(in_channels, out_channels, 1, activation=None)
+                           if in_channels != out_channels else None)
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -95,8 +87,8 @@ def downsampling_path(in_channels: int, out_channels: int, steps: int) -> nn.Seq
     The intermediate convolutions keep the source width and end in ReLU; the last one changes the width
     and has no ReLU (the ReLU comes after the fusion sum).
     """
-    layers = [conv_bn(in_channels, in_channels, 3, stride=2, relu=True) for _ in range(steps - 1)]
-    layers.append(conv_bn(in_channels, out_channels, 3, stride=2))
+    layers = [ConvBnAct(in_channels, in_channels, 3, stride=2) for _ in range(steps - 1)]
+    layers.append(ConvBnAct(in_channels, out_channels, 3, stride=2, activation=None))
     return nn.Sequential(*layers)
 
 
@@ -113,7 +105,7 @@ class HighResolutionModule(nn.Module):
             row: list[nn.Module] = []
             for source, source_width in enumerate(widths):
                 if source > target:  # lower resolution: 1x1 conv to the target width, then upsample
-                    row.append(conv_bn(source_width, target_width, 1))
+                    row.append(ConvBnAct(source_width, target_width, 1, activation=None))
                 elif source == target:
                     row.append(nn.Identity())
                 else:  # higher resolution: strided 3x3 convolutions
@@ -171,9 +163,9 @@ class HRNetBackbone(nn.Module):
         for stream, width in enumerate(widths):
             if stream < len(previous):
                 layers.append(nn.Identity() if previous[stream] == width
-                              else conv_bn(previous[stream], width, 3, relu=True))
+                              else ConvBnAct(previous[stream], width, 3))
             else:
-                layers.append(nn.Sequential(conv_bn(previous[-1], width, 3, stride=2, relu=True)))
+                layers.append(nn.Sequential(ConvBnAct(previous[-1], width, 3, stride=2)))
         return nn.ModuleList(layers)
 
     def forward(self, x: Tensor) -> list[Tensor]:

@@ -21,13 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import SegmentationModel, SegmentationOutput
-from .blocks import crop_to, pad_to_multiple
+from .blocks import ConvBnAct, crop_to, pad_to_multiple
 from .encoders import TimmEncoder
 from .registry import register
-
-
-def conv3x3_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True))
 
 
 class RefinementModule(nn.Module):
@@ -40,9 +36,11 @@ class RefinementModule(nn.Module):
     def __init__(self, skip_channels: int, channels: int, *, skip_hidden: int = 64) -> None:
         super().__init__()
         out_channels = max(1, channels // 2)
-        self.skip = nn.Sequential(conv3x3_relu(skip_channels, skip_hidden), conv3x3_relu(skip_hidden, channels),
+        self.skip = nn.Sequential(ConvBnAct(skip_channels, skip_hidden, 3, batch_norm=False),
+                                  ConvBnAct(skip_hidden, channels, 3, batch_norm=False),
                                   nn.Conv2d(channels, out_channels, 3, padding=1))
-        self.top_down = nn.Sequential(conv3x3_relu(channels, channels), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.top_down = nn.Sequential(ConvBnAct(channels, channels, 3, batch_norm=False),
+                                      nn.Conv2d(channels, out_channels, 3, padding=1))
         self.out_channels = out_channels
 
     def forward(self, top_down: Tensor, skip: Tensor, output_size: tuple[int, int]) -> Tensor:
@@ -59,7 +57,7 @@ class SharpMask(SegmentationModel):
         self.encoder = TimmEncoder(encoder, in_channels=in_channels, weights=encoder_weights)
         self.stride = max(self.encoder.reductions)
         self.coarse_loss_weight = coarse_loss_weight
-        self.top = conv3x3_relu(self.encoder.channels[-1], channels)
+        self.top = ConvBnAct(self.encoder.channels[-1], channels, 3, batch_norm=False)
         self.coarse = nn.Conv2d(channels, num_classes, 1)
         refinements, width = [], channels
         skip_widths = list(reversed(self.encoder.channels[:-1]))
