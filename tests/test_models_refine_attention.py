@@ -158,6 +158,15 @@ def test_hmsa_rejects_an_unknown_trunk_with_a_clear_error() -> None:
         pixelseg.create_model("hmsa", num_classes=3, trunk="hrnet_w48")
 
 
+def test_hmsa_rejects_bad_scales_and_itself_as_trunk_with_one_line_errors() -> None:
+    with pytest.raises(PixelsegError, match="inference_scales must be a non-empty list"):
+        pixelseg.create_model("hmsa", num_classes=2, inference_scales=[], **SMALL_TRUNK)
+    with pytest.raises(PixelsegError, match="training_scales must be a non-empty list of positive"):
+        pixelseg.create_model("hmsa", num_classes=2, training_scales=[0.0, 1.0], **SMALL_TRUNK)
+    with pytest.raises(PixelsegError, match="cannot be hmsa itself"):
+        pixelseg.create_model("hmsa", num_classes=2, **{**SMALL_TRUNK, "trunk": "hmsa"})
+
+
 def test_hmsa_default_trunk_is_hrnetv2_w48() -> None:
     with torch.device("meta"):
         model = pixelseg.create_model("hmsa", num_classes=19)

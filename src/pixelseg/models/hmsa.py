@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import PixelsegError
 from .base import SegmentationModel, SegmentationOutput, main_logits
 from .blocks import ConvBnAct
 from .registry import create_model, register
@@ -53,10 +54,11 @@ class HierarchicalMultiScaleAttention(SegmentationModel):
                  inference_scales: Sequence[float] = (0.5, 1.0, 2.0), attention_channels: int = 256) -> None:
         super().__init__()
         if trunk == "hmsa":
-            raise ValueError("the trunk of hmsa cannot be hmsa itself")
+            raise PixelsegError("model 'hmsa': its trunk cannot be hmsa itself")
         for name, scales in (("training_scales", training_scales), ("inference_scales", inference_scales)):
             if not scales or any(s <= 0 for s in scales):
-                raise ValueError(f"{name} must be a non-empty list of positive scales, not {list(scales)}")
+                raise PixelsegError(f"model 'hmsa': {name} must be a non-empty list of positive scales, "
+                                    f"not {list(scales)}")
         self.trunk = create_model(trunk, num_classes=num_classes, in_channels=in_channels, encoder=encoder,
                                   encoder_weights=encoder_weights, **(trunk_kwargs or {}))
         self.attention = AttentionHead(num_classes, attention_channels)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import PixelsegError
 from .base import SegmentationModel
 from .blocks import ConvBnAct, crop_to, pad_to_multiple
 from .encoders import create_timm
@@ -195,7 +196,8 @@ class HRNetV2(SegmentationModel):
                  encoder_weights: str | None = None, upsample_mode: UpsampleMode = "bilinear") -> None:
         super().__init__()
         if upsample_mode not in ("bilinear", "nearest"):
-            raise ValueError(f"upsample_mode must be 'bilinear' or 'nearest', not {upsample_mode!r}")
+            raise PixelsegError(f"model 'hrnetv2': upsample_mode must be 'bilinear' or 'nearest', "
+                                f"not {upsample_mode!r}")
         self.backbone = HRNetBackbone(width, in_channels, upsample_mode=upsample_mode)
         if encoder_weights is not None:
             self.backbone.load_timm_hrnet(encoder_weights, f"hrnet_w{width}")
