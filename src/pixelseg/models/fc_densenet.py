@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import PixelsegError
 from .base import SegmentationModel
 from .blocks import crop_to, pad_to_multiple
 from .registry import register
@@ -85,7 +86,7 @@ class FCDenseNet(SegmentationModel):
                  upsampling: str = "transposed") -> None:
         super().__init__()
         if check_upsampling(upsampling) == "max_unpool":
-            raise ValueError("FC-DenseNet cannot use max_unpool: its transitions up upsample new feature maps, "
+            raise PixelsegError("FC-DenseNet cannot use max_unpool: its transitions up upsample new feature maps, "
                              "which have no pooling indices")
         self.stride = 2 ** len(down_layers)
         self.first_conv = nn.Conv2d(in_channels, first_channels, 3, padding=1)
@@ -105,8 +106,8 @@ class FCDenseNet(SegmentationModel):
                                                      kernel_size=3 if upsampling == "transposed" else None))
             block = DenseBlock(upsampled + skip, num_layers, growth_rate, dropout)
             self.up_blocks.append(block)
-            upsampled = block.new_channels
             channels = upsampled + skip + block.new_channels
+            upsampled = block.new_channels
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import PixelsegError
 from .base import SegmentationModel
 from .blocks import ConvBnAct, crop_to, pad_to_multiple
 from .registry import register
@@ -53,7 +54,7 @@ class TernausNet(SegmentationModel):
                  encoder_weights: str | None = None) -> None:
         super().__init__()
         if check_upsampling(upsampling) == "max_unpool":
-            raise ValueError("TernausNet cannot use max_unpool: its decoder maps have no pooling indices")
+            raise PixelsegError("TernausNet cannot use max_unpool: its decoder maps have no pooling indices")
         self.stride = 2 ** len(VGG11_STAGE_DEPTHS)
         self.encoder = VGGEncoder(VGG11_STAGE_DEPTHS, in_channels, base_channels=base_channels,
                                   batch_norm=False)

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import PixelsegError
 from .base import SegmentationModel, SegmentationOutput
 from .blocks import crop_to, pad_to_multiple
 from .registry import register
@@ -58,7 +59,7 @@ class UNetPlusPlus(SegmentationModel):
                  inference_depth: int | None = None) -> None:
         super().__init__()
         if check_upsampling(upsampling) == "max_unpool":
-            raise ValueError("UNet++ cannot use max_unpool: its upsampled nodes have no pooling indices")
+            raise PixelsegError("UNet++ cannot use max_unpool: its upsampled nodes have no pooling indices")
         if deep_supervision and not nested:
             raise ValueError("deep supervision needs the nested nodes X[0, j]; the U-Net baseline has one head")
         self.depth = len(filters) - 1
