@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import MultiScaleRoIAlign
 
 # Upper bound on gathered values (K * samples * C) held at once; boxes are processed in chunks below it.
 _GATHER_BUDGET = 2**24
@@ -132,18 +133,19 @@ def roi_align(
         wy_low, wy_high = wy_low * valid_y, wy_high * valid_y
         wx_low, wx_high = wx_low * valid_x, wx_high * valid_x
 
-        base = (rois[part, 0].long() * height * width).view(-1, 1, 1, 1, 1)
-
-        def tap(rows: Tensor, cols: Tensor, weight_y: Tensor, weight_x: Tensor, base: Tensor = base) -> Tensor:
-            # (k, out_h, gh, 1, 1) x (k, 1, 1, out_w, gw) -> gathered (k, out_h, gh, out_w, gw, C)
-            index = base + rows[:, :, :, None, None] * width + cols[:, None, None, :, :]
-            weight = weight_y[:, :, :, None, None] * weight_x[:, None, None, :, :]
-            return flat[index] * weight.unsqueeze(-1)
-
-        total = (tap(y_low, x_low, wy_low, wx_low) + tap(y_low, x_high, wy_low, wx_high)
-                 + tap(y_high, x_low, wy_high, wx_low) + tap(y_high, x_high, wy_high, wx_high))
-        count = (grid_h[part] * grid_w[part]).clamp(min=1).to(features.dtype).view(-1, 1, 1, 1)
-        pooled = total.sum(dim=(2, 4)) / count  # (k, out_h, out_w, C)
+        # the four bilinear neighbours of every sample, gathered at once: (k, out_h, gh, out_w, gw, 4)
+        base = (rois[part, 0].long() * height * width).view(-1, 1, 1, 1, 1, 1)
+        rows = torch.stack([y_low, y_low, y_high, y_high], dim=-1)[:, :, :, None, None, :]
+        cols = torch.stack([x_low, x_high, x_low, x_high], dim=-1)[:, None, None, :, :, :]
+        weight_y = torch.stack([wy_low, wy_low, wy_high, wy_high], dim=-1)[:, :, :, None, None, :]
+        weight_x = torch.stack([wx_low, wx_high, wx_low, wx_high], dim=-1)[:, None, None, :, :, :]
+        index = base + rows * width + cols
+        weight = weight_y * weight_x
+        # index_select's backward is an index_add, much faster on CPU than advanced indexing's
+        gathered = flat.index_select(0, index.reshape(-1)).view(*index.shape, channels)
+        count = (grid_h[part] * grid_w[part]).clamp(min=1).to(features.dtype).view(-1, 1, 1, 1, 1, 1)
+        # weighted sum over the samples of each bin and their four neighbours: (k, out_h, out_w, C)
+        pooled = torch.einsum("kygxwt,kygxwtc->kyxc", weight / count, gathered)
         outputs.append(pooled.permute(0, 3, 1, 2))
     return torch.cat(outputs, dim=0)
 
@@ -246,4 +248,63 @@ class RoIPool(nn.Module):
         return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
 
 
-__all__ = ["RoIAlign", "RoIPool", "boxes_to_rois", "roi_align", "roi_pool"]
+
+class MultiLevelRoIAlign(MultiScaleRoIAlign):
+    """RoIAlign over a feature pyramid: each box reads the level that matches its size.
+
+    The level of a box of area ``w*h`` is ``floor(k0 + log2(sqrt(w*h) / 224))`` clamped to the
+    pyramid (Lin et al., "Feature Pyramid Networks", 2017, arXiv:1612.03144, Eq. 1, ``k0 = 4``). The
+    scale of each level is the power of two closest to ``feature size / image size``. A drop-in for
+    ``torchvision.ops.MultiScaleRoIAlign`` (same call signature and results) whose pooling is
+    :func:`roi_align` here, or torchvision's kernel with ``implementation="torchvision"``. It subclasses
+    torchvision's class only because torchvision's ``MaskRCNN`` checks that type; none of its code runs.
+    """
+
+    def __init__(self, featmap_names: list[str], output_size: int | tuple[int, int], sampling_ratio: int,
+                 *, canonical_scale: int = 224, canonical_level: int = 4, aligned: bool = False,
+                 implementation: str = "pixelseg") -> None:
+        super().__init__(featmap_names, output_size, sampling_ratio, canonical_scale=canonical_scale,
+                         canonical_level=canonical_level)
+        if implementation not in ("pixelseg", "torchvision"):
+            raise ValueError(f"implementation must be 'pixelseg' or 'torchvision', got {implementation!r}")
+        self.featmap_names = list(featmap_names)
+        self.output_size = _pair(output_size)
+        self.sampling_ratio = sampling_ratio
+        self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
+        self.aligned = aligned
+        self.implementation = implementation
+
+    def _pool(self, features: Tensor, rois: Tensor, scale: float) -> Tensor:
+        if self.implementation == "torchvision":
+            from torchvision.ops import roi_align as torchvision_roi_align
+
+            return torchvision_roi_align(features, rois, self.output_size, scale, self.sampling_ratio,
+                                         self.aligned)
+        return roi_align(features, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
+
+    def forward(self, features: dict[str, Tensor], boxes: list[Tensor],
+                image_shapes: list[tuple[int, int]]) -> Tensor:
+        levels = [features[name] for name in self.featmap_names]
+        rois = boxes_to_rois(boxes)
+        image_h = max(shape[0] for shape in image_shapes)
+        image_w = max(shape[1] for shape in image_shapes)
+        scales = []
+        for level in levels:
+            approx = min(level.shape[-2] / image_h, level.shape[-1] / image_w)
+            scales.append(2.0 ** round(float(torch.tensor(approx).log2())))
+        if len(levels) == 1:
+            return self._pool(levels[0], rois, scales[0])
+        lowest = -round(torch.tensor(scales[0]).log2().item())
+        highest = -round(torch.tensor(scales[-1]).log2().item())
+        side = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+        target = torch.floor(self.canonical_level + torch.log2(side / self.canonical_scale) + 1e-6)
+        level_of_box = (target.clamp(lowest, highest) - lowest).long()
+        channels = levels[0].shape[1]
+        result = levels[0].new_zeros(rois.shape[0], channels, *self.output_size)
+        for index, (level, scale) in enumerate(zip(levels, scales, strict=True)):
+            chosen = torch.nonzero(level_of_box == index).squeeze(1)
+            result = result.index_copy(0, chosen, self._pool(level, rois[chosen], scale))
+        return result
+
+
+__all__ = ["MultiLevelRoIAlign", "RoIAlign", "RoIPool", "boxes_to_rois", "roi_align", "roi_pool"]
