@@ -1,0 +1,193 @@
+"""3D volumes for volumetric models (V-Net): a folder reader for ``.npy`` and multi-page ``.tif`` stacks,
+a deterministic synthetic set, and the ISBI 2012 stack as one EM volume.
+
+A sample is ``(image, label)`` with ``image`` a float32 tensor ``(C, D, H, W)`` and ``label`` an int64
+tensor ``(D, H, W)``. Image files hold ``(D, H, W)`` (one channel) or ``(D, H, W, C)`` arrays (a
+multi-page TIFF reads as ``(D, H, W)``: one page per slice); label files hold ``(D, H, W)`` integers.
+Every problem with a file (unreadable, wrong number of dimensions, image and label of different shapes, a
+missing partner) is a one-line ``PixelsegError`` naming the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..errors import PixelsegError
+
+VOLUME_SUFFIXES = (".npy", ".tif", ".tiff")
+
+
+def read_volume(path: str | Path) -> np.ndarray:
+    """Read a ``.npy`` array (never unpickled) or a multi-page ``.tif``/``.tiff`` stack."""
+    path = Path(path)
+    if not path.is_file():
+        raise PixelsegError("volume file not found", path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if suffix in (".tif", ".tiff"):
+            try:
+                import tifffile
+            except ImportError:
+                raise PixelsegError("reading .tif volumes needs tifffile (pip install 'pixelseg[io]')",
+                                    path) from None
+            return np.asarray(tifffile.imread(path))
+    except PixelsegError:
+        raise
+    except Exception as err:  # numpy and tifffile raise many types for corrupt files
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PixelsegError(f"cannot read volume ({first_line})", path) from None
+    raise PixelsegError(f"unsupported volume format '{suffix}' (use {', '.join(VOLUME_SUFFIXES)})", path)
+
+
+def image_volume(array: np.ndarray, path: str | Path) -> np.ndarray:
+    """An image array as ``(C, D, H, W)`` float32; ``(D, H, W)`` gets one channel."""
+    if array.ndim == 3:
+        array = array[None]
+    elif array.ndim == 4:
+        array = np.moveaxis(array, -1, 0)
+    else:
+        raise PixelsegError(f"an image volume must be (D, H, W) or (D, H, W, C), not shape {array.shape}", path)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise PixelsegError(f"an image volume must be numeric, not {array.dtype}", path)
+    return array.astype(np.float32)
+
+
+def label_volume(array: np.ndarray, path: str | Path) -> np.ndarray:
+    """A label array as ``(D, H, W)`` int64; it must hold integers."""
+    if array.ndim != 3:
+        raise PixelsegError(f"a label volume must be (D, H, W), not shape {array.shape}", path)
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        if not np.issubdtype(array.dtype, np.floating) or not np.all(np.mod(array, 1) == 0):
+            raise PixelsegError(f"a label volume must hold integer class indices, not {array.dtype} values", path)
+    return array.astype(np.int64)
+
+
+def normalize_volume(image: np.ndarray) -> np.ndarray:
+    """Zero mean and unit variance per channel over the whole volume."""
+    mean = image.mean(axis=(1, 2, 3), keepdims=True)
+    std = image.std(axis=(1, 2, 3), keepdims=True)
+    return (image - mean) / np.where(std > 0, std, 1.0)
+
+
+class VolumeFolder(Dataset):
+    """Volumes in ``images/`` with labels of the same stem in ``labels/`` (``.npy``, ``.tif``, ``.tiff``).
+
+    ``normalize`` rescales each image volume to zero mean and unit variance. ``transform`` receives and
+    returns ``(image, label)`` tensors.
+    """
+
+    def __init__(self, images: str | Path, labels: str | Path, *, num_classes: int | None = None,
+                 normalize: bool = True, transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+                 ignore_index: int = 255) -> None:
+        self.images_dir, self.labels_dir = Path(images), Path(labels)
+        for folder in (self.images_dir, self.labels_dir):
+            if not folder.is_dir():
+                raise PixelsegError("volume folder not found", folder)
+        labels_by_stem = {p.stem: p for p in sorted(self.labels_dir.iterdir())
+                          if p.suffix.lower() in VOLUME_SUFFIXES}
+        self.samples: list[tuple[Path, Path]] = []
+        for image in sorted(self.images_dir.iterdir()):
+            if image.suffix.lower() not in VOLUME_SUFFIXES:
+                continue
+            if image.stem not in labels_by_stem:
+                raise PixelsegError(f"no label volume named '{image.stem}.*' in {self.labels_dir}", image)
+            self.samples.append((image, labels_by_stem[image.stem]))
+        if not self.samples:
+            raise PixelsegError(f"no volumes ({', '.join(VOLUME_SUFFIXES)}) found", self.images_dir)
+        self.num_classes, self.normalize, self.transform = num_classes, normalize, transform
+        self.ignore_index = ignore_index
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image_path, label_path = self.samples[index]
+        image = image_volume(read_volume(image_path), image_path)
+        label = label_volume(read_volume(label_path), label_path)
+        if image.shape[1:] != label.shape:
+            raise PixelsegError(f"image volume {tuple(image.shape[1:])} and label volume {tuple(label.shape)} "
+                                f"({label_path.name}) differ in shape", image_path)
+        if self.num_classes is not None:
+            bad = (label != self.ignore_index) & ((label < 0) | (label >= self.num_classes))
+            if bad.any():
+                raise PixelsegError(f"label values must lie in [0, {self.num_classes}) or be "
+                                    f"{self.ignore_index}; found {int(label[bad][0])}", label_path)
+        return (normalize_volume(image) if self.normalize else image), label
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, label = self.load(index)
+        sample = torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(label))
+        return self.transform(*sample) if self.transform is not None else sample
+
+
+def render_volume(seed: int, size: Sequence[int] = (32, 32, 32), max_objects: int = 4,
+                  noise: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic volume: balls (class 1) and axis-aligned cubes (class 2) of random size and brightness
+    in Gaussian noise. Returns a float32 image ``(1, D, H, W)`` and an int64 label ``(D, H, W)``."""
+    rng = np.random.default_rng(seed)
+    depth, height, width = (int(s) for s in size)
+    zs, ys, xs = np.mgrid[0:depth, 0:height, 0:width].astype(np.float32)
+    label = np.zeros((depth, height, width), dtype=np.int64)
+    image = np.zeros((depth, height, width), dtype=np.float32)
+    smallest = min(depth, height, width)
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        kind = int(rng.integers(1, 3))
+        radius = rng.uniform(0.12, 0.25) * smallest
+        centre = [rng.uniform(radius, s - radius) for s in (depth, height, width)]
+        if kind == 1:
+            inside = (zs - centre[0]) ** 2 + (ys - centre[1]) ** 2 + (xs - centre[2]) ** 2 <= radius**2
+        else:
+            half = radius * 0.85
+            inside = ((np.abs(zs - centre[0]) <= half) & (np.abs(ys - centre[1]) <= half)
+                      & (np.abs(xs - centre[2]) <= half))
+        label[inside] = kind
+        image[inside] = rng.uniform(0.8, 1.2) * (1.0 if kind == 1 else -1.0)  # balls bright, cubes dark
+    image += rng.normal(0.0, noise, image.shape).astype(np.float32)
+    return image[None], label
+
+
+class SyntheticVolumes(Dataset):
+    """``num_samples`` synthetic volumes (background, ball, cube); each a pure function of (seed, index)."""
+
+    classes = ["background", "ball", "cube"]
+    num_classes = 3
+    in_channels = 1
+
+    def __init__(self, num_samples: int = 16, *, size: Sequence[int] = (32, 32, 32), seed: int = 0,
+                 noise: float = 0.6) -> None:
+        self.num_samples, self.size, self.seed, self.noise = num_samples, tuple(size), seed, noise
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(index)
+        image, label = render_volume(self.seed * 1_000_003 + index, self.size, noise=self.noise)
+        return torch.from_numpy(image), torch.from_numpy(label)
+
+
+def isbi2012_volume(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The 30 ISBI 2012 slices (``root/image/<i>.png``, ``root/label/<i>.png``) stacked in section order
+    into one serial-section EM volume: image ``(30, 512, 512)`` uint8, label ``(30, 512, 512)`` with
+    0 = membrane, 1 = cell interior."""
+    from PIL import Image
+
+    root = Path(root)
+    images, labels = [], []
+    for index in range(30):
+        image_path, label_path = root / "image" / f"{index}.png", root / "label" / f"{index}.png"
+        for path in (image_path, label_path):
+            if not path.is_file():
+                raise PixelsegError("ISBI 2012 slice not found", path)
+        images.append(np.asarray(Image.open(image_path).convert("L")))
+        labels.append((np.asarray(Image.open(label_path).convert("L")) > 127).astype(np.int64))
+    return np.stack(images), np.stack(labels)
