@@ -1,0 +1,302 @@
+"""V-Net, the 3D volume reader, the synthetic volumes, 3D scores and V-Net's Dice loss against MONAI and
+scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pixelseg
+from pixelseg.data.volumes import SyntheticVolumes, VolumeFolder, isbi2012_volume, read_volume
+from pixelseg.errors import PixelsegError
+from pixelseg.metrics3d import VNetDiceLoss, VolumeScores, dice_iou_per_class, vnet_dice_loss
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads are many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY_VNET = {"channels": [4, 8, 16], "down_convs": [1, 2, 2], "up_convs": [2, 1]}
+
+
+# ---- V-Net structure -----------------------------------------------------------------------------------
+def _stage_convs(stage: nn.Module) -> list[nn.Conv3d]:
+    return [m for m in stage.modules() if isinstance(m, nn.Conv3d)]
+
+
+def test_vnet_has_the_papers_stages_widths_and_kernels() -> None:
+    with torch.device("meta"):
+        model = pixelseg.create_model("vnet", num_classes=2, in_channels=1)
+    down = [model.input_stage, *model.down_stages]
+    assert [len(_stage_convs(s)) for s in down] == [1, 2, 3, 3, 3]
+    assert [_stage_convs(s)[-1].out_channels for s in down] == [16, 32, 64, 128, 256]
+    assert [len(_stage_convs(s)) for s in model.up_stages] == [3, 3, 2, 1]
+    assert [_stage_convs(s)[-1].out_channels for s in model.up_stages] == [256, 128, 64, 32]
+    for stage in [*down, *model.up_stages]:
+        assert all(conv.kernel_size == (5, 5, 5) for conv in _stage_convs(stage))
+    for conv in (block[0] for block in model.down):  # strided convolutions instead of pooling
+        assert conv.kernel_size == (2, 2, 2) and conv.stride == (2, 2, 2)
+        assert conv.out_channels == 2 * conv.in_channels
+    for up in (block[0] for block in model.up):
+        assert isinstance(up, nn.ConvTranspose3d) and up.kernel_size == (2, 2, 2) and up.stride == (2, 2, 2)
+    assert not any(isinstance(m, (nn.ReLU, nn.BatchNorm3d, nn.MaxPool3d)) for m in model.modules())
+    assert sum(isinstance(m, nn.PReLU) for m in model.modules()) > 20
+
+
+def test_vnet_convolutions_equal_monais_vnet_at_monais_stage_depths() -> None:
+    monai_nets = pytest.importorskip("monai.networks.nets")
+    with torch.device("meta"):
+        # MONAI's VNet (a port of the authors' code via vnet.pytorch) uses 1, 1, 2, 3, 2 / 2, 2, 1, 1 convs.
+        model = pixelseg.create_model("vnet", num_classes=2, in_channels=1, down_convs=[1, 1, 2, 3, 2],
+                                      up_convs=[2, 2, 1, 1])
+        reference = monai_nets.VNet(spatial_dims=3, in_channels=1, out_channels=2, act="prelu")
+
+    def shapes(net: nn.Module) -> list[tuple]:
+        return sorted((type(m).__name__, tuple(m.weight.shape)) for m in net.modules()
+                      if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)))
+
+    assert shapes(model) == shapes(reference)
+
+
+@pytest.mark.parametrize("size", [(13, 17, 11), (16, 16, 16)])
+def test_vnet_output_has_the_volume_size(size: tuple[int, int, int]) -> None:
+    model = pixelseg.create_model("vnet", num_classes=3, in_channels=2, **TINY_VNET).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 2, *size)).shape == (2, 3, *size)
+
+
+def test_vnet_paper_configuration_runs_at_an_odd_size() -> None:
+    model = pixelseg.create_model("vnet", num_classes=2, in_channels=1).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 9, 18, 17)).shape == (1, 2, 9, 18, 17)
+
+
+def test_vnet_rejects_2d_images() -> None:
+    model = pixelseg.create_model("vnet", num_classes=2, **TINY_VNET)
+    with pytest.raises(ValueError, match="volumes"):
+        model(torch.randn(1, 1, 16, 16))
+
+
+def test_vnet_is_registered_as_3d_and_round_trips(tmp_path) -> None:
+    from pixelseg.models.registry import model_entry
+
+    assert "vnet" in pixelseg.list_models() and "3D" in model_entry("vnet").paper
+    model = pixelseg.create_model("vnet", num_classes=3, in_channels=3, **TINY_VNET).eval()
+    model.save_pretrained(tmp_path)
+    rebuilt = pixelseg.from_pretrained(tmp_path).eval()
+    x = torch.randn(1, 3, 8, 12, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), rebuilt(x))
+
+
+def test_vnet_trains_with_the_dice_loss_on_synthetic_volumes() -> None:
+    torch.manual_seed(0)
+    data = SyntheticVolumes(4, size=(16, 16, 16), seed=1)
+    images = torch.stack([data[i][0] for i in range(4)])
+    labels = torch.stack([data[i][1] for i in range(4)])
+    model = pixelseg.create_model("vnet", num_classes=3, in_channels=1, **TINY_VNET)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def mean_dice() -> float:
+        model.eval()
+        with torch.no_grad():
+            scores = VolumeScores(3)
+            scores.update(model(images), labels)
+        model.train()
+        return scores.compute()["mean_dice"]
+
+    dice_before, losses = mean_dice(), []
+    for _ in range(15):
+        loss = vnet_dice_loss(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05
+    assert mean_dice() > dice_before + 0.05
+
+
+# ---- V-Net Dice loss -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("include_background", "batch"), [(True, False), (False, False), (False, True)])
+def test_vnet_dice_loss_equals_monai_squared_dice(include_background: bool, batch: bool) -> None:
+    losses = pytest.importorskip("monai.losses")
+    logits = torch.randn(2, 3, 5, 6, 7)
+    target = torch.randint(0, 3, (2, 5, 6, 7))
+    reference = losses.DiceLoss(softmax=True, to_onehot_y=True, squared_pred=True, smooth_nr=0.0,
+                                smooth_dr=1e-6, include_background=include_background, batch=batch)
+    ours = vnet_dice_loss(logits, target, include_background=include_background, batch=batch)
+    assert torch.allclose(ours, reference(logits, target[:, None]), atol=1e-6)
+
+
+def test_vnet_dice_loss_gradient_is_the_papers_formula() -> None:
+    # Binary case: D = 2 Σ p g / (Σ p² + Σ g²), ∂D/∂p_j = 2 [g_j (Σp² + Σg²) − 2 p_j Σ p g] / (Σp² + Σg²)².
+    logits = torch.randn(1, 2, 4, 4, 4, requires_grad=True)
+    target = torch.randint(0, 2, (1, 4, 4, 4))
+    probs = logits.softmax(1)
+    probs.retain_grad()
+    p = probs[0, 1].detach().flatten()
+    g = (target[0] == 1).float().flatten()
+    denominator = (p * p).sum() + (g * g).sum()
+    expected = 2 * (g * denominator - 2 * p * (p * g).sum()) / denominator**2
+    # Our loss on foreground only is 1 − D, so its gradient w.r.t. p is −∂D/∂p.
+    p_leaf = probs.detach().clone().requires_grad_(True)
+    loss = 1 - 2 * (p_leaf[:, 1] * (target == 1)).sum() / ((p_leaf[:, 1] ** 2).sum() + (target == 1).sum())
+    loss.backward()
+    assert torch.allclose(-p_leaf.grad[0, 1].flatten(), expected, atol=1e-6)
+    assert torch.allclose(vnet_dice_loss(logits, target, include_background=False, eps=0.0), loss, atol=1e-6)
+
+
+def test_vnet_dice_loss_ignores_ignored_voxels() -> None:
+    logits = torch.randn(1, 3, 4, 5, 6)
+    target = torch.randint(0, 3, (1, 4, 5, 6))
+    ignored = torch.rand(1, 4, 5, 6) < 0.3
+    with_ignore = vnet_dice_loss(logits, torch.where(ignored, 255, target), ignore_index=255)
+    keep = ~ignored[0]
+    only_kept = vnet_dice_loss(logits[0][:, keep][None], target[0][keep][None])
+    assert torch.allclose(with_ignore, only_kept, atol=1e-6)
+    assert torch.allclose(VNetDiceLoss(ignore_index=255)(logits, torch.where(ignored, 255, target)), with_ignore)
+
+
+def test_vnet_dice_loss_is_registered_for_build_loss() -> None:
+    from pixelseg.losses import build_loss
+
+    loss = build_loss([{"name": "vnet_dice", "include_background": False}])
+    assert isinstance(loss, VNetDiceLoss) and not loss.include_background
+
+
+# ---- 3D scores -----------------------------------------------------------------------------------------
+def test_volume_scores_equal_monai_dice_and_iou_per_volume() -> None:
+    metrics = pytest.importorskip("monai.metrics")
+    prediction = torch.randint(0, 3, (3, 6, 7, 8))
+    target = torch.randint(0, 3, (3, 6, 7, 8))
+    target[2][target[2] == 2] = 0  # class 2 absent from the ground truth of one volume
+    prediction[2][prediction[2] == 2] = 1  # ... and from its prediction
+    scores = VolumeScores(3)
+    scores.update(prediction, target)
+    result = scores.compute()
+
+    def onehot(labels: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(labels, 3).movedim(-1, 1)
+
+    dice = metrics.DiceMetric(include_background=True, reduction="none")(onehot(prediction), onehot(target))
+    iou = metrics.MeanIoU(include_background=True, reduction="none")(onehot(prediction), onehot(target))
+    assert np.allclose(result["dice_per_class"], dice.nanmean(0).numpy(), atol=1e-6)
+    assert np.allclose(result["iou_per_class"], iou.nanmean(0).numpy(), atol=1e-6)
+    assert torch.isnan(dice[2, 2]) and result["volumes"] == 3
+
+
+def test_dataset_scores_equal_sklearn_on_flattened_voxels() -> None:
+    from sklearn.metrics import f1_score, jaccard_score
+
+    prediction = torch.randint(0, 4, (2, 5, 6, 7))
+    target = torch.randint(0, 4, (2, 5, 6, 7))
+    scores = VolumeScores(4)
+    scores.update(prediction, target)
+    result = scores.compute()
+    flat_p, flat_t = prediction.flatten().numpy(), target.flatten().numpy()
+    assert np.allclose(result["dataset_iou_per_class"], jaccard_score(flat_t, flat_p, average=None))
+    assert np.allclose(result["dataset_dice_per_class"], f1_score(flat_t, flat_p, average=None))
+    dice, iou = dice_iou_per_class(prediction[0], target[0], 4)
+    assert np.allclose(iou.numpy(), jaccard_score(target[0].flatten(), prediction[0].flatten(), average=None))
+
+
+# ---- volume reader -------------------------------------------------------------------------------------
+def _write_pair(tmp_path, stem: str, image: np.ndarray, label: np.ndarray, suffix: str = ".npy"):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(exist_ok=True)
+    labels.mkdir(exist_ok=True)
+    for folder, array in ((images, image), (labels, label)):
+        if suffix == ".npy":
+            np.save(folder / f"{stem}.npy", array)
+        else:
+            import tifffile
+
+            tifffile.imwrite(folder / f"{stem}{suffix}", array, photometric="minisblack")
+    return images, labels
+
+
+def test_volume_folder_reads_npy_and_multipage_tif_pairs_by_stem(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    image_a, label_a = rng.integers(0, 255, (6, 8, 10), dtype=np.uint8), rng.integers(0, 3, (6, 8, 10))
+    image_b, label_b = rng.random((4, 8, 10), dtype=np.float32), rng.integers(0, 3, (4, 8, 10)).astype(np.uint8)
+    _write_pair(tmp_path, "a", image_a, label_a, ".npy")
+    images, labels = _write_pair(tmp_path, "b", image_b, label_b, ".tif")
+    data = VolumeFolder(images, labels, num_classes=3, normalize=False)
+    assert len(data) == 2
+    image, label = data[0]
+    assert image.shape == (1, 6, 8, 10) and image.dtype == torch.float32
+    assert np.array_equal(image[0].numpy(), image_a.astype(np.float32)) and np.array_equal(label.numpy(), label_a)
+    import tifffile
+
+    assert len(tifffile.TiffFile(images / "b.tif").pages) == 4  # a multi-page stack: one page per slice
+    image, label = data[1]
+    assert image.shape == (1, 4, 8, 10) and np.array_equal(label.numpy(), label_b)
+    normalized, _ = VolumeFolder(images, labels)[1]
+    assert abs(float(normalized.mean())) < 1e-5 and abs(float(normalized.std(unbiased=False)) - 1) < 1e-4
+
+
+def test_volume_folder_names_the_file_when_shapes_differ(tmp_path) -> None:
+    images, labels = _write_pair(tmp_path, "case7", np.zeros((4, 8, 8)), np.zeros((4, 8, 9), dtype=np.int64))
+    with pytest.raises(PixelsegError, match=r"case7\.npy.*differ in shape"):
+        VolumeFolder(images, labels)[0]
+
+
+def test_volume_folder_reports_unreadable_and_unpaired_files(tmp_path) -> None:
+    images, labels = _write_pair(tmp_path, "ok", np.zeros((4, 8, 8)), np.zeros((4, 8, 8), dtype=np.int64))
+    (images / "broken.npy").write_bytes(b"not a numpy file")
+    (labels / "broken.npy").write_bytes(b"not a numpy file")
+    data = VolumeFolder(images, labels)
+    with pytest.raises(PixelsegError, match=r"broken\.npy: cannot read volume"):
+        data[0]
+    (images / "lonely.tif").write_bytes(b"II*\x00")
+    with pytest.raises(PixelsegError, match=r"lonely\.tif: no label volume"):
+        VolumeFolder(images, labels)
+
+
+def test_read_volume_refuses_pickled_arrays_and_2d_images(tmp_path) -> None:
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(PixelsegError, match="objects.npy"):
+        read_volume(tmp_path / "objects.npy")
+    images, labels = _write_pair(tmp_path, "flat", np.zeros((8, 8)), np.zeros((8, 8), dtype=np.int64))
+    with pytest.raises(PixelsegError, match=r"flat\.npy.*\(D, H, W\)"):
+        VolumeFolder(images, labels)[0]
+
+
+def test_volume_folder_rejects_out_of_range_and_fractional_labels(tmp_path) -> None:
+    images, labels = _write_pair(tmp_path, "v", np.zeros((2, 4, 4)), np.full((2, 4, 4), 7, dtype=np.int64))
+    with pytest.raises(PixelsegError, match=r"v\.npy: label values must lie in \[0, 3\)"):
+        VolumeFolder(images, labels, num_classes=3)[0]
+    np.save(labels / "v.npy", np.full((2, 4, 4), 0.5))
+    with pytest.raises(PixelsegError, match="integer class indices"):
+        VolumeFolder(images, labels)[0]
+
+
+# ---- synthetic and ISBI volumes ------------------------------------------------------------------------
+def test_synthetic_volumes_are_deterministic_by_seed_and_hold_every_class() -> None:
+    first, again, other = SyntheticVolumes(3, seed=5), SyntheticVolumes(3, seed=5), SyntheticVolumes(3, seed=6)
+    image, label = first[1]
+    assert image.shape == (1, 32, 32, 32) and label.shape == (32, 32, 32)
+    assert torch.equal(image, again[1][0]) and torch.equal(label, again[1][1])
+    assert not torch.equal(label, other[1][1])
+    present = set().union(*(set(first[i][1].unique().tolist()) for i in range(3)))
+    assert present == {0, 1, 2}
+    # Balls are bright and cubes dark on average: the classes are visible in the image.
+    image, label = first[0]
+    for cls, sign in ((1, 1), (2, -1)):
+        if (label == cls).any():
+            assert sign * float(image[0][label == cls].mean()) > 0.5
+
+
+def test_isbi2012_stack_is_one_30_slice_volume(isbi_root) -> None:
+    image, label = isbi2012_volume(isbi_root)
+    assert image.shape == (30, 512, 512) and label.shape == (30, 512, 512)
+    assert set(np.unique(label).tolist()) == {0, 1}
+    assert 0.1 < float((label == 0).mean()) < 0.4  # membranes are a minority class
