@@ -41,8 +41,6 @@ STEM_CHANNELS = 64
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with an identity shortcut (the residual unit of stages 2-4)."""
 
-    expansion = 1
-
     def __init__(self, in_channels: int, channels: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, channels, 3, padding=1, bias=False)
@@ -165,7 +163,7 @@ class HRNetBackbone(nn.Module):
             if stream < len(previous):
                 layers.append(nn.Identity() if previous[stream] == width
                               else ConvBnAct(previous[stream], width, 3))
-            else:
+            else:  # nested once more, as in the release, so that its weight names load unchanged
                 layers.append(nn.Sequential(ConvBnAct(previous[-1], width, 3, stride=2)))
         return nn.ModuleList(layers)
 
