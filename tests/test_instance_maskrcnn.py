@@ -1,0 +1,112 @@
+"""Mask R-CNN: structure against torchvision, our pyramid RoIAlign, training steps, save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models.detection import maskrcnn_resnet50_fpn
+from torchvision.ops import MultiScaleRoIAlign
+
+from pixelseg.errors import PixelsegError
+from pixelseg.instance.data import SyntheticInstances, collate_detection
+from pixelseg.instance.maskrcnn import build_mask_rcnn, load_instance_model, save_instance_model
+from pixelseg.instance.roi_ops import MultiLevelRoIAlign
+
+TINY = dict(backbone="mobilenet_v3_large", width_mult=0.35, fpn_channels=16, representation_size=32,
+            mask_head_channels=8, min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128],
+            rpn_post_nms_top_n_train=64, rpn_post_nms_top_n_test=32, box_batch_size_per_image=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Detection runs thousands of small ops; on a shared CPU, OpenMP threads spin-waiting at each one
+    # make two threads ten times slower than one.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_mask_rcnn_resnet50_fpn_has_44_4m_parameters_like_torchvision():
+    with torch.device("meta"):
+        ours = build_mask_rcnn(91)
+        reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    assert count(ours) == count(reference) == 44_454_513
+    # class-specific masks: one 28x28 mask per class from the 1x1 convolution after the deconvolution
+    assert ours.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 91
+    assert isinstance(ours.roi_heads.mask_roi_pool, MultiLevelRoIAlign)
+    assert ours.roi_heads.mask_roi_pool.output_size == (14, 14)
+
+
+def test_mobilenet_variant_taps_four_strides_under_the_fpn():
+    model = build_mask_rcnn(4, **TINY)
+    features = model.backbone(torch.zeros(1, 3, 64, 64))
+    assert [tuple(f.shape[-2:]) for f in features.values()] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+
+
+@pytest.mark.parametrize("implementation", ["pixelseg", "torchvision"])
+def test_pyramid_roi_align_equals_torchvision_multiscale_roi_align(implementation):
+    gen = torch.Generator().manual_seed(0)
+    names = ["0", "1", "2", "3"]
+    features = {name: torch.randn(2, 5, 200 // 2 ** (k + 2), 256 // 2 ** (k + 2), generator=gen)
+                for k, name in enumerate(names)}
+    corners = torch.rand(2, 30, 2, generator=gen) * torch.tensor([256.0, 200.0])
+    sizes = torch.rand(2, 30, 2, generator=gen) ** 2 * 250 + 1  # small and large boxes hit all levels
+    boxes = [torch.cat([corners[i], corners[i] + sizes[i]], dim=1) for i in range(2)]
+    shapes = [(200, 256), (190, 250)]
+    ours = MultiLevelRoIAlign(names, 7, 2, implementation=implementation)(features, boxes, shapes)
+    reference = MultiScaleRoIAlign(names, 7, 2)(features, boxes, shapes)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+
+
+def test_mask_rcnn_losses_decrease_over_a_few_steps_on_synthetic_data():
+    torch.manual_seed(0)
+    model = build_mask_rcnn(4, **TINY)
+    images, targets = collate_detection([SyntheticInstances(2, size=64)[i] for i in range(2)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    totals = []
+    for _ in range(8):
+        losses = model(images, targets)
+        assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
+                               "loss_rpn_box_reg"}
+        total = sum(losses.values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        totals.append(total.item())
+    assert totals[-1] < 0.7 * totals[0]
+
+
+def test_saved_model_reloads_with_identical_detections_and_either_roi_align(tmp_path: Path):
+    torch.manual_seed(1)
+    model = build_mask_rcnn(4, box_score_thresh=0.0, **TINY).eval()
+    image = SyntheticInstances(1, size=64)[0][0]
+    save_instance_model(model, tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
+    reloaded = load_instance_model(tmp_path / "model").eval()
+    with torch.no_grad():
+        expected = model([image])[0]
+        again = reloaded([image])[0]
+        reloaded.roi_heads.box_roi_pool.implementation = "torchvision"
+        reloaded.roi_heads.mask_roi_pool.implementation = "torchvision"
+        with_torchvision = reloaded([image])[0]
+    assert len(expected["boxes"]) > 0
+    for key in ("boxes", "scores", "labels", "masks"):
+        torch.testing.assert_close(again[key], expected[key])
+        torch.testing.assert_close(with_torchvision[key], expected[key], rtol=1e-4, atol=1e-4)
+
+
+def test_bad_model_arguments_and_directories(tmp_path: Path):
+    with pytest.raises(PixelsegError, match="unknown Mask R-CNN backbone 'vgg'"):
+        build_mask_rcnn(3, backbone="vgg")
+    with pytest.raises(PixelsegError, match="at least 2"):
+        build_mask_rcnn(1)
+    with pytest.raises(PixelsegError, match="config.json: not a saved instance model"):
+        load_instance_model(tmp_path)

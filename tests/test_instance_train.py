@@ -1,0 +1,107 @@
+"""The instance training loop: config handling, checkpoints, resume, saved model, evaluate/predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pixelseg.errors import PixelsegError
+from pixelseg.instance.evaluate import evaluate_from_args
+from pixelseg.instance.predict import predict_from_args
+from pixelseg.instance.train import learning_rate, load_config, train_from_config
+
+TINY_CONFIG = {
+    "task": "instance",
+    "model": {"backbone": "mobilenet_v3_large", "width_mult": 0.35, "fpn_channels": 16,
+              "representation_size": 32, "mask_head_channels": 8, "min_size": 64, "max_size": 64,
+              "anchor_sizes": [8, 16, 32, 64, 128], "rpn_post_nms_top_n_train": 64,
+              "rpn_post_nms_top_n_test": 32, "box_batch_size_per_image": 32},
+    "data": {"kind": "synthetic", "train": {"length": 8, "size": 64}, "val": {"length": 3, "size": 64}},
+    "train": {"steps": 2, "batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 1,
+              "log_every": 1, "eval_every": 100, "checkpoint_every": 1, "threads": 1},
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)
+
+
+def write_config(tmp_path: Path, changes: dict | None = None) -> Path:
+    config = json.loads(json.dumps(TINY_CONFIG))
+    config["train"]["out_dir"] = str(tmp_path / "run")
+    for section, values in (changes or {}).items():
+        config[section].update(values)
+    path = tmp_path / "instance.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_training_writes_checkpoints_metrics_and_a_model_and_resumes(tmp_path: Path):
+    config = write_config(tmp_path)
+    train_from_config(config, [], resume=False)
+    run = tmp_path / "run"
+    assert (run / "last.safetensors").is_file()
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["config.json", "model.safetensors",
+                                                                 "train_config.yaml"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final"]["step"] == 2 and 0.0 <= summary["final"]["mask_AP50"] <= 1.0
+    steps_logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps_logged == [1, 2]
+    train_from_config(config, ["train.steps=3"], resume=True)  # continues at step 3, not from scratch
+    steps_logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps_logged == [1, 2, 3]
+    metrics = evaluate_from_args(run / "model")
+    assert set(metrics) >= {"mask_AP", "mask_AP50", "mask_AP75", "box_AP"}
+    assert json.loads((run / "model" / "metrics_val.json").read_text()) == metrics
+    Image.new("RGB", (64, 64), (30, 60, 90)).save(tmp_path / "x.png")
+    predict_from_args(run / "model", [tmp_path / "x.png"], tmp_path / "pred", score_threshold=0.0)
+    assert (tmp_path / "pred" / "x_instances.png").is_file()
+    assert isinstance(json.loads((tmp_path / "pred" / "predictions.json").read_text()), list)
+
+
+def test_config_overrides_and_bad_configs(tmp_path: Path):
+    config = write_config(tmp_path)
+    loaded = load_config(config, ["train.lr=0.5", "model.fpn_channels=32"])
+    assert loaded["train"]["lr"] == 0.5 and loaded["model"]["fpn_channels"] == 32
+    assert loaded["train"]["momentum"] == 0.9  # defaults fill what the file leaves out
+    with pytest.raises(PixelsegError, match="unknown train key"):
+        load_config(config, ["train.lrr=0.5"])
+    with pytest.raises(PixelsegError, match="must look like section.key=value"):
+        load_config(config, ["train.lr"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: semantic\n")
+    with pytest.raises(PixelsegError, match="bad.yaml: task is 'semantic'"):
+        load_config(bad, [])
+    with pytest.raises(PixelsegError, match="unknown data.kind 'pascal'"):
+        train_from_config(write_config(tmp_path, {"data": {"kind": "pascal"}}), [], resume=False)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with pytest.raises(PixelsegError, match="no training state to resume from"):
+        train_from_config(write_config(fresh), [], resume=True)
+
+
+def test_learning_rate_warms_up_then_steps_down_twice():
+    assert learning_rate(0, 0.02, 1000, 100) == pytest.approx(0.02 * 0.001)
+    assert learning_rate(100, 0.02, 1000, 100) == pytest.approx(0.02)
+    assert learning_rate(750, 0.02, 1000, 100) == pytest.approx(0.002)
+    assert learning_rate(900, 0.02, 1000, 100) == pytest.approx(0.0002)
+
+
+def test_cli_plugin_commands_report_bad_input_in_one_line(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from pixelseg import cli
+    from pixelseg.instance.cli import register
+
+    register(cli.app)
+    result = CliRunner().invoke(cli.app, ["instance-evaluate", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert "no config given" in result.output or "no config given" in str(result.stderr_bytes or b"")
