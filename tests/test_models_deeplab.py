@@ -175,6 +175,22 @@ def test_deeplabv3_image_pooling_branch_and_aspp_width_256() -> None:
     assert parameter_count(model) == 39_638_869 - (256 * 256 * 9 + 2 * 256)
 
 
+@pytest.mark.parametrize("name", ["deeplabv3", "deeplabv3plus"])
+def test_trained_at_stride_16_evaluated_at_stride_8_with_the_same_weights(name: str, tmp_path: Path) -> None:
+    model = pixelseg.create_model(name, num_classes=3, encoder="test_resnet").eval()
+    built_at_8 = pixelseg.create_model(name, num_classes=3, encoder="test_resnet", output_stride=8).eval()
+    built_at_8.load_state_dict(model.state_dict())
+    model.set_output_stride(8)
+    x = torch.randn(1, 3, 37, 45)
+    with torch.no_grad():
+        assert torch.equal(model(x), built_at_8(x))
+    assert model.encoder.reductions[-1] == 8
+    assert (model.head[0] if name == "deeplabv3" else model.aspp).rates == (12, 24, 36)
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(pixelseg.from_pretrained(tmp_path).eval()(x), built_at_8(x))
+
+
 def test_multi_grid_on_an_encoder_without_resnet_stages_is_a_clear_error() -> None:
     with pytest.raises(PixelsegError, match="multi_grid needs a ResNet-style encoder"):
         pixelseg.create_model("deeplabv3", num_classes=2, encoder="xception41")

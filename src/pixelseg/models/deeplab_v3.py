@@ -7,7 +7,9 @@ image-level pooling branch, each conv-BN-ReLU with 256 channels, concatenated an
 
 The backbone is a ResNet whose last stage(s) trade stride for dilation: output stride 16 by default (the
 rates double at output stride 8, as the paper evaluates), and whose last stage uses the "multi-grid"
-unit rates (1, 2, 4), multiplied by that stage's dilation. Logits are upsampled bilinearly.
+unit rates (1, 2, 4), multiplied by that stage's dilation. Logits are upsampled bilinearly. As in the
+paper, a net trained at output stride 16 can be evaluated at 8: ``model.set_output_stride(8)`` re-dilates
+the backbone and doubles the ASPP rates, keeping every weight.
 
 ``head_conv=True`` (default) keeps the 3x3 conv-BN-ReLU (256) between ASPP and the classifier that the
 torchvision reference (``deeplabv3_resnet50``) has; with ResNet-50 and 21 classes this model then has
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -57,6 +60,33 @@ def atrous_encoder(name: str, *, in_channels: int, weights: str | None, output_s
     return encoder
 
 
+def rebuilt_at_output_stride(encoder: TimmEncoder, output_stride: int,
+                             multi_grid: Sequence[int] | None) -> TimmEncoder:
+    """The same backbone with the same weights at another output stride (strides traded for dilation)."""
+    body = encoder.body
+    first_conv = next(m for m in body.modules() if isinstance(m, nn.Conv2d))
+    with torch.device(first_conv.weight.device):
+        rebuilt = atrous_encoder(encoder.name, in_channels=first_conv.in_channels, weights=None,
+                                 output_stride=output_stride, multi_grid=multi_grid)
+    rebuilt.load_state_dict(encoder.state_dict())
+    return rebuilt.train(encoder.training)
+
+
+def set_aspp_rates(aspp: AtrousSpatialPyramidPooling, rates: Sequence[int]) -> None:
+    """Change the dilation of the ASPP's atrous branches in place (their weights do not depend on it)."""
+    for branch, rate in zip(aspp.branches[1:1 + len(aspp.rates)], rates, strict=True):
+        atrous_conv = branch[0]
+        atrous_conv.dilation, atrous_conv.padding = (rate, rate), (rate, rate)
+    aspp.rates = tuple(rates)
+
+
+def record_output_stride(model: nn.Module, output_stride: int) -> None:
+    """Keep the saved config (``save_pretrained``) in step with a changed output stride."""
+    config = getattr(model, "pixelseg_config", None)
+    if config is not None:
+        config["kwargs"]["output_stride"] = output_stride
+
+
 def scaled_rates(rates: Sequence[int], output_stride: int) -> tuple[int, ...]:
     """The ASPP rates are given at output stride 16; at output stride 8 they double."""
     return tuple(rate * 16 // output_stride for rate in rates)
@@ -82,11 +112,18 @@ class DeepLabV3(SegmentationModel):
                  rates: Sequence[int] = (6, 12, 18), multi_grid: Sequence[int] | None = (1, 2, 4),
                  aspp_channels: int = 256, head_conv: bool = True, dropout: float = 0.5) -> None:
         super().__init__()
-        self.output_stride = output_stride
+        self.output_stride, self.base_rates, self.multi_grid = output_stride, tuple(rates), multi_grid
         self.encoder = atrous_encoder(encoder, in_channels=in_channels, weights=encoder_weights,
                                       output_stride=output_stride, multi_grid=multi_grid)
         self.head = DeepLabV3Head(self.encoder.channels[-1], num_classes, scaled_rates(rates, output_stride),
                                   channels=aspp_channels, head_conv=head_conv, dropout=dropout)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Evaluate at another output stride with the same weights (the paper trains at 16, tests at 8)."""
+        self.encoder = rebuilt_at_output_stride(self.encoder, output_stride, self.multi_grid)
+        set_aspp_rates(self.head[0], scaled_rates(self.base_rates, output_stride))
+        self.output_stride = output_stride
+        record_output_stride(self, output_stride)
 
     def forward(self, x: Tensor) -> Tensor:
         scores = self.head(self.encoder(x)[-1])

@@ -6,7 +6,8 @@ upsampled 4x and concatenated with the stride-4 low-level features of the backbo
 channels by a 1x1 conv so they do not outweigh the semantic features; two 3x3 convolutions (256) refine
 the fusion before the classifier and a last 4x bilinear upsampling. Depthwise-separable convolutions in
 the ASPP and the decoder (``separable=True``, the paper's choice) make it cheaper; the paper's best
-backbone is the modified aligned Xception-65 (timm ``xception65``), ResNet-101 is the other.
+backbone is the modified aligned Xception-65 (timm ``xception65``), ResNet-101 is the other. Trained at
+output stride 16, it can be evaluated at 8 with ``model.set_output_stride(8)`` (same weights).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from torch import Tensor, nn
 from .base import SegmentationModel
 from .blocks import ConvBnAct
 from .context import AtrousSpatialPyramidPooling, conv3x3_block
-from .deeplab_v3 import atrous_encoder, scaled_rates
+from .deeplab_v3 import (
+    atrous_encoder,
+    rebuilt_at_output_stride,
+    record_output_stride,
+    scaled_rates,
+    set_aspp_rates,
+)
 from .registry import register
 
 
@@ -49,6 +56,7 @@ class DeepLabV3Plus(SegmentationModel):
                  separable: bool = True, aspp_channels: int = 256, low_level_channels: int = 48,
                  dropout: float = 0.1) -> None:
         super().__init__()
+        self.output_stride, self.base_rates, self.multi_grid = output_stride, tuple(rates), multi_grid
         self.encoder = atrous_encoder(encoder, in_channels=in_channels, weights=encoder_weights,
                                       output_stride=output_stride, multi_grid=multi_grid)
         self.low_level_index = self.encoder.reductions.index(4)
@@ -59,6 +67,13 @@ class DeepLabV3Plus(SegmentationModel):
                                             low_level_reduced=low_level_channels, channels=aspp_channels,
                                             separable=separable)
         self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Evaluate at another output stride with the same weights (the paper trains at 16, tests at 8)."""
+        self.encoder = rebuilt_at_output_stride(self.encoder, output_stride, self.multi_grid)
+        set_aspp_rates(self.aspp, scaled_rates(self.base_rates, output_stride))
+        self.output_stride = output_stride
+        record_output_stride(self, output_stride)
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.encoder(x)
