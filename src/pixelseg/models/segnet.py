@@ -10,7 +10,7 @@ Encoder: the 13 convolutions of VGG16 with batch norm (3x3, ReLU) in five stages
 stage starting with a 2x2 max-unpooling; the last convolution (``conv1_1_D`` in the reference Caffe
 model) maps 64 channels straight to the class scores. With 3 input channels and 11 classes (CamVid)
 the network has 29.44M trainable parameters, the paper's "29.5M" (its convolutions carry a bias that is
-redundant before batch norm; we leave it out, 8.4K fewer parameters).
+redundant before batch norm; we leave it out, 7,936 fewer parameters).
 
 ``encoder_weights`` loads timm's ImageNet ``vgg16_bn`` (``"imagenet"``) or a local safetensors file with
 its state dict (at least the ``features.*`` tensors). ``upsampling`` swaps max-unpooling for any

@@ -56,16 +56,14 @@ class Upsample(nn.Module):
     whether it must keep its encoder's max-pooling indices."""
 
     needs_indices: bool = False
+    has_kernel: bool = False  # learned operators set their own output width
 
     def __init__(self, in_channels: int, out_channels: int, factor: int) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.factor = in_channels, out_channels, factor
         # Parameter-free operators keep the width; a 1x1 convolution changes it if asked to.
         self.project = (nn.Conv2d(in_channels, out_channels, 1)
-                        if in_channels != out_channels and not self._learned() else None)
-
-    def _learned(self) -> bool:
-        return False
+                        if in_channels != out_channels and not self.has_kernel else None)
 
     def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, int]) -> Tensor:
         raise NotImplementedError
@@ -118,6 +116,8 @@ class MaxUnpoolUpsample(Upsample):
 class TransposedConvUpsample(Upsample):
     """A learned transposed convolution, stride ``factor``; output exactly ``factor`` times the input."""
 
+    has_kernel = True
+
     def __init__(self, in_channels: int, out_channels: int, factor: int, kernel_size: int | None = None,
                  bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, factor)
@@ -129,9 +129,6 @@ class TransposedConvUpsample(Upsample):
                                        padding=padding, output_padding=factor - kernel_size + 2 * padding,
                                        bias=bias)
 
-    def _learned(self) -> bool:
-        return True
-
     def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, int]) -> Tensor:
         return self.conv(x, output_size=list(size))
 
@@ -139,14 +136,13 @@ class TransposedConvUpsample(Upsample):
 class ResizeConvUpsample(Upsample):
     """Nearest-neighbour resize, then a learned convolution (Odena et al.'s checkerboard-free upsampling)."""
 
+    has_kernel = True
+
     def __init__(self, in_channels: int, out_channels: int, factor: int, kernel_size: int | None = None,
                  bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, factor)
         kernel_size = 3 if kernel_size is None else kernel_size
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
-
-    def _learned(self) -> bool:
-        return True
 
     def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, int]) -> Tensor:
         return self.conv(F.interpolate(x, size=size, mode="nearest"))
