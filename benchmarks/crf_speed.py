@@ -1,0 +1,86 @@
+"""Dense CRF speed: pixelseg's PyTorch permutohedral mean field vs pydensecrf2, in the same run.
+
+A 360x480 CamVid test image, 11 classes, 5 mean-field iterations, the default kernels (smoothness
+3 px / weight 3, appearance 80 px, 13 levels / weight 10). Unaries come from the small per-pixel
+network of ``tests/test_classical_dense_crf.py`` (colour + position -> 11 classes, trained on CamVid
+pixels). Both sides are timed from the unaries and the image to the marginals (lattice building
+included). "cold" rebuilds our smoothness-kernel lattice too; "warm" reuses it, as happens for every
+image after the first of a given size. Label agreement is printed alongside.
+
+    .venv/bin/python benchmarks/crf_speed.py [--images 3] [--repeats 3] [--threads 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pixelseg.classical.dense_crf import DenseCRFConfig, dense_crf, spatial_kernel  # noqa: E402
+from tests.test_classical_dense_crf import camvid_unary, pydensecrf_marginals, train_pixel_network  # noqa: E402
+
+
+def seconds(function: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def compare(image: np.ndarray, unary: torch.Tensor, config: DenseCRFConfig, repeats: int
+            ) -> tuple[float, float, float, float]:
+    """Median seconds of pydensecrf2, ours cold and ours warm, timed in turn (the machine is shared,
+    so interleaving keeps the three under the same load), and the share of identical labels."""
+    reference_times, cold_times, warm_times = [], [], []
+    agreement = 0.0
+    for _ in range(repeats):
+        elapsed, reference = seconds(lambda: pydensecrf_marginals(unary, image, config))
+        reference_times.append(elapsed)
+        spatial_kernel.cache_clear()
+        elapsed, ours = seconds(lambda: dense_crf(unary, image, config))
+        cold_times.append(elapsed)
+        warm_times.append(seconds(lambda: dense_crf(unary, image, config))[0])
+        agreement = float((ours.argmax(0).numpy() == np.asarray(reference).argmax(0)).mean())
+    return (statistics.median(reference_times), statistics.median(cold_times),
+            statistics.median(warm_times), agreement)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--camvid", type=Path, default=ROOT.parent / "shared" / "data" / "camvid")
+    parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    config = DenseCRFConfig()
+    network = train_pixel_network(args.camvid)
+    print(f"torch {torch.__version__}, cpu, 360x480, 11 classes, {config.iterations} iterations, "
+          f"median of {args.repeats} runs per image")
+    rows = []
+    for index in range(0, args.images * 40, 40):
+        image, unary = camvid_unary(args.camvid, network, index)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            reference, cold, warm, agreement = compare(image, unary, config, args.repeats)
+            rows.append((threads, reference, cold, warm, agreement))
+            print(f"test image {index:3d}  torch threads {threads}  pydensecrf2 {reference:.3f} s  "
+                  f"pixelseg cold {cold:.3f} s (ratio {cold / reference:.2f})  "
+                  f"warm {warm:.3f} s (ratio {warm / reference:.2f})  identical labels {agreement:.4%}")
+    for threads in args.threads:
+        mine = [row for row in rows if row[0] == threads]
+        ratios_cold = statistics.median(row[2] / row[1] for row in mine)
+        ratios_warm = statistics.median(row[3] / row[1] for row in mine)
+        print(f"{threads} torch thread(s), median over {len(mine)} images: time ratio pixelseg / pydensecrf2 "
+              f"cold {ratios_cold:.2f}, warm {ratios_warm:.2f}; lowest agreement {min(r[4] for r in mine):.4%}")
+
+
+if __name__ == "__main__":
+    main()
