@@ -3,6 +3,7 @@ reference implementations (torchvision, smp), odd sizes, save/load, encoder weig
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,18 @@ from pixelseg.errors import PixelsegError
 from pixelseg.models.base import SegmentationOutput
 from pixelseg.models.context import DepthwiseSeparableConv
 
+
 # timm's tiny ResNet (one BasicBlock per stage, 0.5M parameters) keeps the shape and training tests fast
 # on a shared 2-core CPU; the structure tests build the papers' backbones on the meta device.
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: on the shared 2-core CPU, OpenMP threads competing for cores are much slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 SMALL = {"encoder": "test_resnet"}
 ALL_MODELS = [
     ("deeplabv1", {"fc_channels": 64}),
@@ -91,6 +102,30 @@ def test_deeplabv1_refiner_post_processes_logits_in_eval_mode_only() -> None:
     with torch.no_grad():
         assert torch.equal(model(x), torch.zeros(1, 3, 33, 41))
     assert calls == [(1, 3, 33, 41)]
+
+
+def test_deeplabv1_dense_crf_refiner_snaps_noisy_scores_to_the_image_regions() -> None:
+    from pixelseg.models.deeplab_v1 import IMAGENET_MEAN, IMAGENET_STD, DenseCRFRefiner
+
+    height, width = 40, 48
+    truth = torch.zeros(height, width, dtype=torch.long)
+    truth[:, 20:] = 1
+    rgb = torch.where(truth.bool(), 0.9, 0.1).expand(3, height, width)  # dark left, bright right
+    image = ((rgb - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1))[None]
+    generator = torch.Generator().manual_seed(0)
+    flipped = torch.rand(height, width, generator=generator) < 0.2
+    noisy = torch.where(flipped, 1 - truth, truth)
+    logits = torch.nn.functional.one_hot(noisy, 2).permute(2, 0, 1).float()[None] * 0.8
+    refined = DenseCRFRefiner()(image, logits)
+    assert refined.shape == logits.shape
+    before = (logits.argmax(1)[0] == truth).float().mean()
+    after = (refined.argmax(1)[0] == truth).float().mean()
+    assert before < 0.85 and after > 0.99
+
+    model = pixelseg.create_model("deeplabv1", num_classes=2, fc_channels=16).eval()
+    model.set_refiner(DenseCRFRefiner())
+    with torch.no_grad():
+        assert model(image).shape == (1, 2, height, width)
 
 
 def test_deeplabv1_decimates_vgg16_fc_layers_from_a_local_weights_file(tmp_path: Path) -> None:

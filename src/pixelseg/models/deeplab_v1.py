@@ -12,8 +12,9 @@ dilation 12 and 1024 channels, fc7 a 1x1 with 1024 channels (both with ReLU and 
 to the classes: 20.5M parameters for 21 classes (Table 2 of the paper). With ImageNet weights, fc6 and
 fc7 are decimated from VGG16's 7x7x4096 fully connected layers: every 4th filter, every 3rd tap.
 
-``set_refiner(callable)`` installs a post-processing step ``(image, logits) -> logits`` (the dense CRF
-of the paper, or any other) that runs in eval mode after the upsampling.
+``set_refiner(callable)`` installs a post-processing step ``(image, logits) -> logits`` that runs in eval
+mode after the upsampling: ``DenseCRFRefiner`` is the paper's fully connected CRF (pixelseg's
+``classical.dense_crf``), any other callable works too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,39 @@ from .fcn import VGG16_LAYOUT
 from .registry import register
 
 Refiner = Callable[[Tensor, Tensor], Tensor]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DenseCRFRefiner:
+    """The paper's post-processing: mean-field inference in a fully connected CRF over the scores.
+
+    The model sees normalised images; the CRF's appearance kernel needs the RGB values, so the image is
+    un-normalised with ``mean``/``std`` (pixelseg's defaults: ImageNet statistics) back to 0-255. The
+    unaries are ``-log softmax(logits)``; the returned logits are the log of the CRF marginals.
+    """
+
+    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 config: object | None = None) -> None:
+        from ..classical.dense_crf import DenseCRFConfig
+
+        self.mean, self.std = mean, std
+        self.config = config or DenseCRFConfig()
+
+    def __call__(self, image: Tensor, logits: Tensor) -> Tensor:
+        from ..classical.dense_crf import dense_crf, unary_from_probabilities
+
+        if image.shape[1] != 3:
+            raise ValueError(f"the dense CRF needs RGB images, got {image.shape[1]} channels")
+        mean = torch.tensor(self.mean, device=image.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=image.device).view(3, 1, 1)
+        refined = []
+        for picture, scores in zip(image, logits, strict=True):
+            rgb = ((picture * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
+            unary = unary_from_probabilities(torch.softmax(scores.float(), dim=0))
+            marginals = dense_crf(unary, rgb, self.config)
+            refined.append(torch.log(marginals.clamp(min=1e-8)).to(logits.dtype))
+        return torch.stack(refined)
 
 
 class AtrousVGG16(nn.Module):
