@@ -128,7 +128,7 @@ def icm(energy: GridEnergy, labels: np.ndarray | None = None, max_sweeps: int = 
     return current.reshape(energy.shape)
 
 
-def _binary_cut(cost0: np.ndarray, cost1: np.ndarray, first: np.ndarray, second: np.ndarray,
+def binary_min_cut(cost0: np.ndarray, cost1: np.ndarray, first: np.ndarray, second: np.ndarray,
                 e00: np.ndarray, e01: np.ndarray, e10: np.ndarray, e11: np.ndarray) -> np.ndarray:
     """Minimise sum cost_x(p) + sum E_{x_p x_q} over binary x with an s–t min cut (Kolmogorov &
     Zabih 2004); requires e00 + e11 <= e01 + e10 on every edge. Returns x (True = 1)."""
@@ -165,7 +165,7 @@ def alpha_expansion(energy: GridEnergy, labels: np.ndarray | None = None, max_cy
         improved = False
         for alpha in range(energy.num_labels):
             a, b = current[energy.first], current[energy.second]
-            move = _binary_cut(unary[np.arange(current.size), current], unary[:, alpha],
+            move = binary_min_cut(unary[np.arange(current.size), current], unary[:, alpha],
                                energy.first, energy.second,
                                w * v[a, b], w * v[a, alpha], w * v[alpha, b], w * v[alpha, alpha])
             proposal = np.where(move, alpha, current)
@@ -204,7 +204,7 @@ def alpha_beta_swap(energy: GridEnergy, labels: np.ndarray | None = None, max_cy
                 np.add.at(cost1, member_pos[boundary], weights * v[beta, other])
             w = energy.weight[inside]
             ones = np.ones_like(w)
-            move = _binary_cut(cost0, cost1, pf[inside], ps[inside], w * v[alpha, alpha] * ones,
+            move = binary_min_cut(cost0, cost1, pf[inside], ps[inside], w * v[alpha, alpha] * ones,
                                w * v[alpha, beta], w * v[beta, alpha], w * v[beta, beta] * ones)
             proposal = current.copy()
             proposal[members] = np.where(move, beta, alpha)
