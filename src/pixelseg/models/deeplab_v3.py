@@ -93,13 +93,15 @@ def scaled_rates(rates: Sequence[int], output_stride: int) -> tuple[int, ...]:
 
 
 class DeepLabV3Head(nn.Sequential):
-    """ASPP → (3x3 conv-BN-ReLU) → 1x1 classifier; used by DeepLab v3 and FastFCN."""
+    """ASPP → (3x3 conv-BN-ReLU, optional dropout) → 1x1 classifier; used by DeepLab v3 and FastFCN."""
 
     def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int], *, channels: int = 256,
-                 head_conv: bool = True, dropout: float = 0.5) -> None:
+                 head_conv: bool = True, dropout: float = 0.5, head_dropout: float = 0.0) -> None:
         layers: list[nn.Module] = [AtrousSpatialPyramidPooling(in_channels, channels, rates, dropout=dropout)]
         if head_conv:
             layers.append(ConvBnAct(channels, channels, 3))
+        if head_dropout > 0:
+            layers.append(nn.Dropout(head_dropout))
         layers.append(nn.Conv2d(channels, num_classes, 1))
         super().__init__(*layers)
 

@@ -40,8 +40,9 @@ class FastFCN(SegmentationModel):
                                 f"{self.encoder.reductions}")
         self.jpu = JointPyramidUpsampling(self.encoder.channels[-3:], jpu_width)
         if head == "aspp":
+            # as the reference code's DeepLab v3 head: dropout 0.5 after the ASPP, 0.1 before the classifier
             self.head: nn.Module = DeepLabV3Head(self.jpu.out_channels, num_classes, scaled_rates((6, 12, 18), 8),
-                                                 dropout=0.1)
+                                                 dropout=0.5, head_dropout=0.1)
         else:
             self.head = PSPHead(self.jpu.out_channels, num_classes)
         self.aux_weight = aux_weight
