@@ -86,8 +86,9 @@ def test_deeplabv1_keeps_stride_8_with_pool4_pool5_at_stride_1_and_atrous_fc6() 
         assert model.backbone(torch.randn(1, 3, 65, 97)).shape == (1, 512, 9, 13)
 
 
-def test_deeplabv1_refiner_post_processes_logits_in_eval_mode_only() -> None:
-    model = pixelseg.create_model("deeplabv1", num_classes=3)
+@pytest.mark.parametrize("name,kwargs", [("deeplabv1", {"fc_channels": 16}), ("deeplabv2", SMALL)])
+def test_refiner_post_processes_logits_in_eval_mode_only(name: str, kwargs: dict) -> None:
+    model = pixelseg.create_model(name, num_classes=3, **kwargs)
     calls: list[tuple[int, ...]] = []
 
     def refiner(image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

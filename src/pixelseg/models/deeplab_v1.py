@@ -88,7 +88,25 @@ class AtrousVGG16(nn.Module):
         return self.blocks(x)
 
 
-class DeepLabV1(SegmentationModel):
+class PostProcessed:
+    """An optional ``refiner(image, logits) -> logits`` applied in eval mode (DeepLab v1 and v2's CRF).
+
+    The refiner is a plain callable, not a weight: it is not saved by ``save_pretrained``; attach it
+    again after ``from_pretrained``.
+    """
+
+    refiner: Refiner | None = None
+    training: bool
+
+    def set_refiner(self, refiner: Refiner | None) -> None:
+        """Post-process the upsampled logits with ``refiner(image, logits)`` in eval mode (e.g. a CRF)."""
+        self.refiner = refiner
+
+    def post_process(self, image: Tensor, logits: Tensor) -> Tensor:
+        return logits if self.refiner is None or self.training else self.refiner(image, logits)
+
+
+class DeepLabV1(PostProcessed, SegmentationModel):
     """DeepLab-LargeFOV: atrous VGG16 + fc6 (3x3, dilation 12, 1024) + fc7 (1x1, 1024) + fc8, stride 8."""
 
     output_stride = 8
@@ -104,20 +122,12 @@ class DeepLabV1(SegmentationModel):
         self.fc8 = nn.Conv2d(fc_channels, num_classes, 1)
         nn.init.normal_(self.fc8.weight, std=0.01)  # the paper's initialisation of the new classifier
         nn.init.zeros_(self.fc8.bias)
-        self.refiner: Refiner | None = None
         if encoder_weights is not None:
             self.load_timm_vgg16(encoder_weights)
 
-    def set_refiner(self, refiner: Refiner | None) -> None:
-        """Post-process the upsampled logits with ``refiner(image, logits)`` in eval mode (e.g. a CRF)."""
-        self.refiner = refiner
-
     def forward(self, x: Tensor) -> Tensor:
         scores = self.fc8(self.fc7(self.fc6(self.backbone(x))))
-        logits = F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        if self.refiner is not None and not self.training:
-            logits = self.refiner(x, logits)
-        return logits
+        return self.post_process(x, F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False))
 
     def load_timm_vgg16(self, weights: str) -> None:
         """Copy ImageNet VGG16 (timm ``vgg16``): the 13 convolutions as they are, fc6/fc7 decimated."""

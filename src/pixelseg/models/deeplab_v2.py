@@ -10,18 +10,19 @@ upsampled bilinearly to the input (the paper's optional dense CRF can be attache
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from .base import SegmentationModel
 from .context import SummedAtrousPyramid
+from .deeplab_v1 import PostProcessed
 from .deeplab_v3 import atrous_encoder
 from .registry import register
 
 
-class DeepLabV2(SegmentationModel):
+class DeepLabV2(PostProcessed, SegmentationModel):
     """ResNet at output stride 8 + ASPP whose per-rate class scores are summed."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, *, encoder: str = "resnet101",
@@ -34,18 +35,10 @@ class DeepLabV2(SegmentationModel):
         for branch in self.aspp.branches:  # the reference initialises the classifiers with N(0, 0.01)
             branch.weight.data.normal_(0, 0.01)
             branch.bias.data.zero_()
-        self.refiner: Callable[[Tensor, Tensor], Tensor] | None = None
-
-    def set_refiner(self, refiner: Callable[[Tensor, Tensor], Tensor] | None) -> None:
-        """Post-process the upsampled logits with ``refiner(image, logits)`` in eval mode (e.g. a CRF)."""
-        self.refiner = refiner
 
     def forward(self, x: Tensor) -> Tensor:
         scores = self.aspp(self.encoder(x)[-1])
-        logits = F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        if self.refiner is not None and not self.training:
-            logits = self.refiner(x, logits)
-        return logits
+        return self.post_process(x, F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False))
 
 
 @register("deeplabv2", paper="Chen et al., DeepLab: Semantic Image Segmentation with Deep Convolutional Nets, "
