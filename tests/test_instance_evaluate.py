@@ -103,3 +103,16 @@ def test_overlay_blends_each_instance_with_its_own_colour():
     for k, row in ((0, 1), (1, 6)):
         expected = (0.5 * 100 + 0.5 * np.asarray(instance_colours(2)[k])).astype(np.uint8)
         assert np.abs(overlay[row, 3].astype(int) - expected).max() <= 1
+
+
+def test_coco_sample_ground_truth_round_trips_with_original_category_ids(coco_sample_root: Path):
+    from pixelseg.instance.data import CocoInstances
+
+    dataset = CocoInstances(coco_sample_root / "panoptic_coco_detection_format.json",
+                            coco_sample_root / "input_images")
+    truth = ground_truth_coco(dataset)
+    source = json.loads((coco_sample_root / "panoptic_coco_detection_format.json").read_text())
+    used = {a["category_id"] for a in source["annotations"] if not a["iscrowd"]}
+    assert {a["category_id"] for a in truth["annotations"]} == used
+    metrics = coco_metrics(truth, perfect_detections(dataset))
+    assert metrics["mask_AP"] == pytest.approx(1.0) and metrics["box_AP"] == pytest.approx(1.0)

@@ -105,3 +105,15 @@ def test_cli_plugin_commands_report_bad_input_in_one_line(tmp_path: Path):
     result = CliRunner().invoke(cli.app, ["instance-evaluate", str(tmp_path / "nowhere")])
     assert result.exit_code == 2
     assert "no config given" in result.output or "no config given" in str(result.stderr_bytes or b"")
+
+
+def test_shipped_penn_fudan_config_reads_a_penn_fudan_folder(tmp_path: Path):
+    from pixelseg.instance.train import build_dataset
+    from tests.test_instance_data import make_penn_fudan
+
+    make_penn_fudan(tmp_path / "PennFudanPed")
+    root = tmp_path / "PennFudanPed"
+    config = load_config(Path(__file__).parents[1] / "configs" / "instance" / "pennfudan_resnet50.yaml",
+                         [f"data.train.root={root}", f"data.val.root={root}"])
+    dataset = build_dataset(config, "train")
+    assert len(dataset) == 1 and dataset[0][1]["labels"].tolist() == [1, 1]
