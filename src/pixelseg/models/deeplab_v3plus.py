@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import PixelsegError
 from .base import SegmentationModel
 from .blocks import ConvBnAct
 from .context import AtrousSpatialPyramidPooling, conv3x3_block
@@ -59,6 +60,9 @@ class DeepLabV3Plus(SegmentationModel):
         self.output_stride, self.base_rates, self.multi_grid = output_stride, tuple(rates), multi_grid
         self.encoder = atrous_encoder(encoder, in_channels=in_channels, weights=encoder_weights,
                                       output_stride=output_stride, multi_grid=multi_grid)
+        if 4 not in self.encoder.reductions:
+            raise PixelsegError(f"DeepLab v3+ needs stride-4 features; encoder '{encoder}' has strides "
+                                f"{self.encoder.reductions}")
         self.low_level_index = self.encoder.reductions.index(4)
         self.aspp = AtrousSpatialPyramidPooling(self.encoder.channels[-1], aspp_channels,
                                                 scaled_rates(rates, output_stride), separable=separable,
