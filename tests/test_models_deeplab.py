@@ -175,6 +175,14 @@ def test_deeplabv3_resnet50_has_exactly_the_parameters_of_torchvision_deeplabv3_
     assert count == parameter_count(reference) == 39_638_869
 
 
+def test_deeplabv3_resnet50_has_the_parameters_of_smp_deeplabv3_too() -> None:
+    import segmentation_models_pytorch as smp
+
+    with torch.device("meta"):
+        reference = smp.DeepLabV3("resnet50", encoder_weights=None, classes=21)
+    assert count_on_meta("deeplabv3", num_classes=21, encoder="resnet50") == parameter_count(reference)
+
+
 def test_deeplabv3_computes_what_torchvision_computes_given_its_weights() -> None:
     from torchvision.models.segmentation import deeplabv3_resnet50
 
