@@ -40,7 +40,7 @@ def apply_multi_grid(encoder: TimmEncoder, unit_rates: Sequence[int], output_str
     """
     last_stage = getattr(encoder.body, "layer4", None)
     if last_stage is None or not all(hasattr(block, "conv2") for block in last_stage):
-        raise PixelsegError(f"multi_grid needs a ResNet-style encoder (layer4 of bottleneck blocks); "
+        raise PixelsegError(f"multi_grid needs a ResNet-style encoder (layer4 of residual blocks); "
                             f"'{encoder.name}' is not one: pass multi_grid=None")
     stage_rate = 32 // output_stride
     for index, block in enumerate(last_stage):
@@ -55,7 +55,7 @@ def atrous_encoder(name: str, *, in_channels: int, weights: str | None, output_s
     if output_stride not in (8, 16):
         raise PixelsegError(f"output_stride must be 8 or 16, not {output_stride}")
     encoder = TimmEncoder(name, in_channels=in_channels, weights=weights, output_stride=output_stride)
-    if multi_grid is not None and output_stride < 32:
+    if multi_grid is not None:
         apply_multi_grid(encoder, multi_grid, output_stride)
     return encoder
 
@@ -68,7 +68,7 @@ def rebuilt_at_output_stride(encoder: TimmEncoder, output_stride: int,
     with torch.device(first_conv.weight.device):
         rebuilt = atrous_encoder(encoder.name, in_channels=first_conv.in_channels, weights=None,
                                  output_stride=output_stride, multi_grid=multi_grid)
-    rebuilt.load_state_dict(encoder.state_dict())
+    rebuilt.to(dtype=first_conv.weight.dtype).load_state_dict(encoder.state_dict())
     return rebuilt.train(encoder.training)
 
 
