@@ -117,3 +117,23 @@ def test_shipped_penn_fudan_config_reads_a_penn_fudan_folder(tmp_path: Path):
                          [f"data.train.root={root}", f"data.val.root={root}"])
     dataset = build_dataset(config, "train")
     assert len(dataset) == 1 and dataset[0][1]["labels"].tolist() == [1, 1]
+
+
+def test_precise_batchnorm_sets_running_stats_to_the_average_of_batch_statistics():
+    from pixelseg.instance.data import SyntheticInstances, collate_detection
+    from pixelseg.instance.maskrcnn import build_mask_rcnn
+    from pixelseg.instance.train import recompute_batchnorm_statistics
+
+    torch.set_num_threads(1)
+    model = build_mask_rcnn(4, **TINY_CONFIG["model"])
+    norm = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    norm.running_mean.fill_(5.0)
+    dataset = SyntheticInstances(4, size=64)
+    batches = [collate_detection([dataset[0], dataset[1]]), collate_detection([dataset[2], dataset[3]])]
+    seen = []
+    hook = norm.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].mean(dim=(0, 2, 3))))
+    model.eval()
+    recompute_batchnorm_statistics(model, iter(batches), 2)
+    hook.remove()
+    assert not model.training and norm.momentum == 0.01  # mode and momentum restored
+    torch.testing.assert_close(norm.running_mean, (seen[0] + seen[1]) / 2)

@@ -11,7 +11,8 @@ Command-line overrides are ``section.key=value`` strings (the value is parsed as
 SGD with momentum, linear warm-up and a step decay at 75 % and 90 % of the steps (the schedule of
 the paper, shortened; ``optimizer: adamw`` swaps in AdamW for short runs from scratch); it writes an atomic safetensors training state every ``checkpoint_every``
 steps (``--resume`` continues from it exactly), COCO metrics on the validation split every
-``eval_every`` steps, and at the end the model as ``config.json`` + ``model.safetensors``.
+``eval_every`` steps (after recomputing the BatchNorm statistics, see
+:func:`recompute_batchnorm_statistics`), and at the end the model as ``config.json`` + ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 import yaml
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import PixelsegError
@@ -39,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {"kind": "synthetic", "train": {}, "val": {}},
     "train": {"steps": 1000, "batch_size": 4, "optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4,
               "warmup_steps": 100, "grad_clip": 10.0, "hflip": True, "seed": 0, "num_workers": 0,
-              "log_every": 20, "eval_every": 500, "checkpoint_every": 100, "out_dir": "runs/instance",
+              "log_every": 20, "precise_bn_batches": 50, "eval_every": 500, "checkpoint_every": 100, "out_dir": "runs/instance",
               "threads": None},
 }
 _SECTIONS = ("model", "data", "train")
@@ -133,6 +134,35 @@ def _batches(dataset: Dataset, batch_size: int, seed: int, num_workers: int,
         epoch += 1
 
 
+@torch.no_grad()
+def recompute_batchnorm_statistics(model: nn.Module, batches: Iterator[tuple[list[Tensor], list[Target]]],
+                                   num_batches: int) -> None:
+    """Precise BatchNorm: set every BN layer's running mean and variance to their average over
+    ``num_batches`` training batches under the current weights (Wu & Johnson, "Rethinking 'Batch' in
+    BatchNorm", 2021, arXiv:2105.07576).
+
+    Trained from scratch with a fast-moving optimiser and small batches, the exponential running
+    averages lag behind the weights so far that eval mode detects nothing; the batch statistics are
+    fine. Only the backbone (with its FPN) holds BatchNorm layers, so only it is run.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or num_batches <= 0:
+        return
+    was_training = model.training
+    momenta = [norm.momentum for norm in norms]
+    model.train()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches below
+    for _ in range(num_batches):
+        images, _ = next(batches)
+        image_list, _ = model.transform(images)
+        model.backbone(image_list.tensors)
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.train(was_training)
+
+
 def learning_rate(step: int, base_lr: float, steps: int, warmup: int) -> float:
     """Linear warm-up from 1/1000, then x0.1 at 75 % and again at 90 % of the run."""
     if step < warmup:
@@ -217,6 +247,8 @@ def train(config: dict[str, Any], *, resume: bool = False) -> dict[str, Any]:
             with log_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
         if step % settings["eval_every"] == 0 or step == steps:
+            recompute_batchnorm_statistics(model, _batches(train_set, batch_size, settings["seed"] + 7919 + step,
+                                                           0, 0), settings["precise_bn_batches"])
             metrics = evaluate_model(model, val_set)
             model.train()
             history.append({"step": step, **metrics})
