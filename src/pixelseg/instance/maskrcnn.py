@@ -76,6 +76,23 @@ def _out_channels(block: nn.Module) -> int:
     return [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
 
+def feature_pyramid(backbone: str, fpn_channels: int, weights: str | None = None,
+                    width_mult: float = 1.0) -> BackboneWithFPN:
+    """The backbone with its FPN: levels "0"-"3" (strides 4-32) and "pool" (stride 64)."""
+    if backbone not in BACKBONES:
+        raise PixelsegError(f"unknown Mask R-CNN backbone '{backbone}' (choose from {', '.join(BACKBONES)})")
+    if backbone == "resnet50":
+        return _resnet50_fpn(fpn_channels, weights)
+    return _mobilenet_v3_fpn(fpn_channels, weights, width_mult)
+
+
+def pyramid_anchors(sizes: list[int]) -> AnchorGenerator:
+    """One anchor size per pyramid level (P2-P6), aspect ratios 0.5, 1 and 2."""
+    if len(sizes) != len(PYRAMID_LEVELS) + 1:
+        raise PixelsegError(f"anchor_sizes needs one size per level (P2-P6: 5), got {sizes}")
+    return AnchorGenerator(tuple((size,) for size in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
+
+
 def build_mask_rcnn(
     num_classes: int,
     *,
@@ -100,18 +117,11 @@ def build_mask_rcnn(
     ``detector_kwargs`` go to torchvision's ``MaskRCNN`` (e.g. ``rpn_post_nms_top_n_train``,
     ``box_batch_size_per_image``, ``box_detections_per_img``).
     """
-    if backbone not in BACKBONES:
-        raise PixelsegError(f"unknown Mask R-CNN backbone '{backbone}' (choose from {', '.join(BACKBONES)})")
     if num_classes < 2:
         raise PixelsegError(f"num_classes counts the background and must be at least 2, got {num_classes}")
-    if backbone == "resnet50":
-        features = _resnet50_fpn(fpn_channels, backbone_weights)
-    else:
-        features = _mobilenet_v3_fpn(fpn_channels, backbone_weights, width_mult)
+    features = feature_pyramid(backbone, fpn_channels, backbone_weights, width_mult)
     sizes = anchor_sizes or [32, 64, 128, 256, 512]
-    if len(sizes) != len(PYRAMID_LEVELS) + 1:
-        raise PixelsegError(f"anchor_sizes needs one size per level (P2-P6: 5), got {sizes}")
-    anchors = AnchorGenerator(tuple((size,) for size in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
+    anchors = pyramid_anchors(sizes)
     box_pool = MultiLevelRoIAlign(PYRAMID_LEVELS, 7, sampling_ratio, implementation=roi_align_impl)
     mask_pool = MultiLevelRoIAlign(PYRAMID_LEVELS, 14, sampling_ratio, implementation=roi_align_impl)
     model = MaskRCNN(
