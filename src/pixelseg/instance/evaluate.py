@@ -119,7 +119,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, *, batch_size: int = 4) -
 
 
 def evaluate_from_args(model_dir: Path, config_path: Path | None = None, overrides: list[str] | None = None,
-                       split: str = "val", output: Path | None = None, batch_size: int = 4) -> dict[str, float]:
+                       split: str | None = "val", output: Path | None = None,
+                       batch_size: int = 4) -> dict[str, float]:
     """``pixelseg evaluate`` for instance models: the model in ``model_dir`` on the ``split`` data of
     ``config_path`` (default: the config saved next to the model), metrics printed and written to
     ``output`` (default ``model_dir/metrics_<split>.json``)."""
@@ -127,6 +128,9 @@ def evaluate_from_args(model_dir: Path, config_path: Path | None = None, overrid
     from .train import build_dataset, load_config
 
     model_dir = Path(model_dir)
+    split = split or "val"
+    if split not in ("train", "val"):
+        raise PixelsegError(f"unknown split '{split}' (train or val)")
     if config_path is None:
         config_path = model_dir / "train_config.yaml"
         if not config_path.is_file():

@@ -98,14 +98,14 @@ def predict_images(model: nn.Module, paths: list[Path], output_dir: Path, *, sco
     return results
 
 
-def predict_from_args(model_dir: Path, inputs: list[Path], output_dir: Path,
+def predict_from_args(model_dir: Path, inputs: list[Path] | Path, output_dir: Path,
                       score_threshold: float = 0.5) -> list[dict[str, Any]]:
-    """``pixelseg predict`` for instance models: a saved model directory, images or folders, an output
-    folder. Prints one line per image with the number of instances kept."""
+    """``pixelseg predict`` for instance models: a saved model directory, images or folders (one path
+    or a list), an output folder. Prints one line per image with the number of instances kept."""
     from .maskrcnn import load_instance_model
 
     model = load_instance_model(Path(model_dir))
-    paths = collect_images([Path(p) for p in inputs])
+    paths = collect_images([Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs])
     results = predict_images(model, paths, Path(output_dir), score_threshold=score_threshold)
     for path in paths:
         count = sum(1 for r in results if r["file_name"] == path.name)
