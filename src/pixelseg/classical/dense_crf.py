@@ -18,6 +18,7 @@ weight 3; appearance: 80 px, 13 intensity levels, weight 10; 5 iterations).
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,55 @@ class GaussianKernel:
         return norm * self.lattice.filter(norm * values)
 
 
+class WeightedKernelSum:
+    """``sum_m w_m k_m(values)`` for fixed scalar weights in one splat, one blur and one slice.
+
+    The lattices of all kernels are stacked into one (each keeps its own empty vertex, and a lattice
+    with fewer axes sees empty neighbours on the extra axes, which leaves it unchanged), and the
+    normalisations, the constant ``alpha`` and the weights are folded into the sparse matrices.
+    """
+
+    def __init__(self, kernels: list[GaussianKernel], weights: list[float], dtype: torch.dtype,
+                 device: torch.device) -> None:
+        axes = max(kernel.lattice.dim + 1 for kernel in kernels)
+        splat_rows, splat_cols, splat_values, slice_cols, slice_values, neighbours = [], [], [], [], [], []
+        row_offset, entry_offset = 0, 0
+        for kernel, weight in zip(kernels, weights, strict=True):
+            lattice = kernel.lattice
+            splat, _ = lattice._sparse_operators(dtype, device)
+            norm = kernel.norm.to(device, dtype).reshape(-1)
+            columns = splat.col_indices()
+            splat_rows.append(splat.crow_indices()[:-1] + entry_offset)
+            splat_cols.append(columns)
+            splat_values.append(splat.values() * norm[columns])
+            slice_cols.append(lattice.offsets.to(device) + row_offset)
+            slice_values.append(lattice.weights.to(device, dtype) * (weight * lattice.alpha * norm)[:, None])
+            own = lattice.neighbours.to(device) + row_offset
+            empty = torch.full((axes - own.shape[0], 2, own.shape[2]), row_offset, device=device)
+            neighbours.append(torch.cat([own, empty]))
+            row_offset += lattice.num_vertices + 1
+            entry_offset += columns.numel()
+        splat_rows.append(torch.tensor([entry_offset], device=device))
+        points = kernels[0].lattice.num_points
+        per_point = sum(cols.shape[1] for cols in slice_cols)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            self.splat = torch.sparse_csr_tensor(torch.cat(splat_rows), torch.cat(splat_cols),
+                                                 torch.cat(splat_values), (row_offset, points))
+            self.slice = torch.sparse_csr_tensor(
+                torch.arange(0, points * per_point + 1, per_point, device=device),
+                torch.cat(slice_cols, dim=1).reshape(-1), torch.cat(slice_values, dim=1).reshape(-1),
+                (points, row_offset))
+        self.neighbours = torch.cat(neighbours, dim=2)                  # (axes, 2, total vertices)
+
+    def __call__(self, values: Tensor) -> Tensor:
+        lattice = self.splat @ values
+        for axis in range(self.neighbours.shape[0]):
+            lattice = lattice + 0.5 * (lattice.index_select(0, self.neighbours[axis, 0])
+                                       + lattice.index_select(0, self.neighbours[axis, 1]))
+        return self.slice @ lattice
+
+
 @functools.lru_cache(maxsize=4)
 def spatial_kernel(height: int, width: int, sxy: float, device: str = "cpu") -> GaussianKernel:
     """The smoothness kernel depends only on the image size: built once per size and reused."""
@@ -72,8 +122,13 @@ def mean_field(unary: Tensor, kernels: list[GaussianKernel], weights: list[float
     Each step: Q <- softmax(-U - mu . sum_m w_m k_m * Q), where ``*`` is the Gaussian filter.
     """
     q = softmax_rows(-unary)
+    fixed = not isinstance(weights, Tensor)
+    combined = WeightedKernelSum(kernels, list(weights), unary.dtype, unary.device) if fixed else None
     for _ in range(iterations):
-        message = sum(weight * kernel(q) for weight, kernel in zip(weights, kernels, strict=True))
+        if combined is not None:
+            message = combined(q)
+        else:
+            message = sum(weight * kernel(q) for weight, kernel in zip(weights, kernels, strict=True))
         if compatibility is None:  # Potts: the sum over l' != l differs from -message by a constant
             logits = -unary + message
         else:
