@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelseg.classical.dense_crf import DenseCRFConfig, dense_crf, unary_from_probabilities
+from pixelseg.classical.dense_crf import DenseCRFConfig, dense_crf, refine_logits, unary_from_probabilities
 from pixelseg.classical.permutohedral import PermutohedralLattice
 
 CAMVID_CLASSES = 11
@@ -145,3 +145,15 @@ def test_dense_crf_on_cuda_matches_cpu() -> None:
     cpu = dense_crf(unary, image)
     gpu = dense_crf(unary.cuda(), image.cuda()).cpu()
     assert torch.allclose(cpu, gpu, atol=1e-4)
+
+
+def test_refining_noisy_logits_recovers_the_regions_of_the_image() -> None:
+    generator = torch.Generator().manual_seed(4)
+    truth = torch.zeros(40, 50, dtype=torch.long)
+    truth[:, 25:] = 1
+    image = torch.where(truth[..., None] == 1, torch.tensor([200, 40, 40]), torch.tensor([40, 40, 200]))
+    logits = torch.nn.functional.one_hot(truth, 2).permute(2, 0, 1).float() * 0.8
+    logits = logits + torch.randn(2, 40, 50, generator=generator)
+    noisy = (logits.argmax(0) == truth).float().mean()
+    refined = (refine_logits(logits, image.to(torch.uint8), DenseCRFConfig(bilateral_sxy=20.0)) == truth)
+    assert noisy < 0.85 and refined.float().mean() > 0.97

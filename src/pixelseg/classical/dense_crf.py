@@ -180,3 +180,13 @@ def dense_crf(unary: Tensor, image: Tensor | np.ndarray, config: DenseCRFConfig 
 def unary_from_probabilities(probabilities: Tensor, clip: float = 1e-5) -> Tensor:
     """Unary energies ``-log(max(p, clip))``, as ``pydensecrf.utils.unary_from_softmax``."""
     return -torch.log(probabilities.clamp(min=clip))
+
+
+def refine_logits(logits: Tensor, image: Tensor | np.ndarray, config: DenseCRFConfig | None = None) -> Tensor:
+    """Dense-CRF post-processing of one network output: logits (K, H, W) -> labels (H, W).
+
+    The call behind ``--refine crf``: unaries are ``-log softmax(logits)`` (clipped as pydensecrf's
+    ``unary_from_softmax``), ``image`` is the (H, W, 3) uint8 input image.
+    """
+    unary = unary_from_probabilities(logits.detach().float().softmax(0))
+    return dense_crf(unary, image, config).argmax(0)
