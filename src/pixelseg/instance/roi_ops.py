@@ -15,7 +15,8 @@ coordinates, scaled by ``spatial_scale``, given either as a ``(K, 5)`` tensor wh
 the batch index or as a list of ``(L_i, 4)`` tensors, one per image.
 
 The implementation gathers feature vectors at integer positions from a ``(B*H*W, C)`` view of the
-map, so the memory is ``K * samples * C``; boxes are processed in chunks to bound it.
+map, so the memory is ``K * samples * C``; boxes are processed in groups of similar size, each
+padded to its own largest window, which bounds the memory and the padding.
 """
 
 from __future__ import annotations
@@ -52,9 +53,32 @@ def boxes_to_rois(boxes: Tensor | list[Tensor]) -> Tensor:
     return torch.cat(rows, dim=0)
 
 
-def _chunks(num_rois: int, values_per_roi: int) -> list[slice]:
-    step = max(1, _GATHER_BUDGET // max(values_per_roi, 1))
-    return [slice(start, min(start + step, num_rois)) for start in range(0, num_rois, step)]
+def _size_groups(extent_h: Tensor, extent_w: Tensor, values_per_cell: int, max_group: int = 64) -> list[Tensor]:
+    """Box indices in groups of similar window size (``extent_h x extent_w`` cells per box).
+
+    Each group is padded only to its own largest window, and a group's gathered values stay under
+    ``_GATHER_BUDGET``; sorting by size first keeps the padding small when box sizes vary a lot.
+    """
+    extent_h, extent_w = extent_h.clamp(min=1), extent_w.clamp(min=1)
+    order = torch.argsort(extent_h * extent_w).tolist()
+    heights, widths = extent_h.tolist(), extent_w.tolist()
+    groups, current, top_h, top_w = [], [], 1, 1
+    for index in order:
+        new_h, new_w = max(top_h, heights[index]), max(top_w, widths[index])
+        if current and (len(current) >= max_group
+                        or (len(current) + 1) * new_h * new_w * values_per_cell > _GATHER_BUDGET):
+            groups.append(torch.tensor(current, dtype=torch.long, device=extent_h.device))
+            current, new_h, new_w = [], heights[index], widths[index]
+        current.append(index)
+        top_h, top_w = new_h, new_w
+    if current:
+        groups.append(torch.tensor(current, dtype=torch.long, device=extent_h.device))
+    return groups
+
+
+def _in_original_order(pieces: list[Tensor], groups: list[Tensor]) -> Tensor:
+    order = torch.cat(groups)
+    return torch.cat(pieces, dim=0).index_select(0, torch.argsort(order))
 
 
 # ---- RoIAlign ------------------------------------------------------------------------------------
@@ -117,12 +141,12 @@ def roi_align(
     else:
         grid_h = torch.ceil(roi_h / out_h).long()
         grid_w = torch.ceil(roi_w / out_w).long()
-    max_gh = max(int(grid_h.max()), 1)
-    max_gw = max(int(grid_w.max()), 1)
-
     flat = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
     outputs = []
-    for part in _chunks(num_rois, out_h * max_gh * out_w * max_gw * channels * 4):
+    groups = _size_groups(grid_h, grid_w, out_h * out_w * channels * 4)
+    for part in groups:
+        max_gh = max(int(grid_h[part].max()), 1)
+        max_gw = max(int(grid_w[part].max()), 1)
         ys = _sample_axis(y1[part], bin_h[part], grid_h[part].clamp(min=1), out_h, max_gh)
         xs = _sample_axis(x1[part], bin_w[part], grid_w[part].clamp(min=1), out_w, max_gw)
         y_low, y_high, wy_low, wy_high = _bilinear_taps(ys, height)  # (k, out_h, gh)
@@ -147,7 +171,7 @@ def roi_align(
         # weighted sum over the samples of each bin and their four neighbours: (k, out_h, out_w, C)
         pooled = torch.einsum("kygxwt,kygxwtc->kyxc", weight / count, gathered)
         outputs.append(pooled.permute(0, 3, 1, 2))
-    return torch.cat(outputs, dim=0)
+    return _in_original_order(outputs, groups)
 
 
 # ---- RoIPool -------------------------------------------------------------------------------------
@@ -190,12 +214,13 @@ def roi_pool(
 
     y_lo, y_hi = bin_edges(start_y, roi_h, out_h, height)  # (K, out_h)
     x_lo, x_hi = bin_edges(start_x, roi_w, out_w, width)  # (K, out_w)
-    max_kh = max(int((y_hi - y_lo).max()), 1)
-    max_kw = max(int((x_hi - x_lo).max()), 1)
-
     flat = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
     outputs = []
-    for part in _chunks(num_rois, out_h * max_kh * out_w * max_kw * channels):
+    bin_h, bin_w = (y_hi - y_lo).amax(dim=1), (x_hi - x_lo).amax(dim=1)
+    groups = _size_groups(bin_h, bin_w, out_h * out_w * channels)
+    for part in groups:
+        max_kh = max(int(bin_h[part].max()), 1)
+        max_kw = max(int(bin_w[part].max()), 1)
         rows = y_lo[part].unsqueeze(-1) + torch.arange(max_kh, device=features.device)  # (k, out_h, kh)
         cols = x_lo[part].unsqueeze(-1) + torch.arange(max_kw, device=features.device)  # (k, out_w, kw)
         inside_y = rows < y_hi[part].unsqueeze(-1)
@@ -204,13 +229,13 @@ def roi_pool(
         base = (rois[part, 0].long() * height * width).view(-1, 1, 1, 1, 1)
         index = base + rows[:, :, :, None, None] * width + cols[:, None, None, :, :]
         inside = inside_y[:, :, :, None, None] & inside_x[:, None, None, :, :]  # (k, out_h, kh, out_w, kw)
-        values = flat[index].masked_fill(~inside.unsqueeze(-1), float("-inf"))
-        k = values.shape[0]
-        values = values.permute(0, 1, 3, 5, 2, 4).reshape(k, out_h, out_w, channels, max_kh * max_kw)
-        pooled = values.max(dim=-1).values
+        values = flat.index_select(0, index.reshape(-1)).view(*index.shape, channels)
+        values = values.masked_fill(~inside.unsqueeze(-1), float("-inf"))
+        # (k, out_h, kh, out_w, kw, C): max over the columns, then the rows, of each bin
+        pooled = values.max(dim=4).values.max(dim=2).values  # (k, out_h, out_w, C)
         pooled = torch.where(torch.isinf(pooled) & (pooled < 0), torch.zeros_like(pooled), pooled)
         outputs.append(pooled.permute(0, 3, 1, 2))
-    return torch.cat(outputs, dim=0)
+    return _in_original_order(outputs, groups)
 
 
 class RoIAlign(nn.Module):
