@@ -118,6 +118,8 @@ def from_pretrained(directory: str | Path, *, map_location: str = "cpu") -> nn.M
         raise PixelsegError(f"unreadable model config ({err})", config_path) from None
     model = create_model(name, num_classes=num_classes, in_channels=config.get("in_channels", 3),
                          encoder=config.get("encoder"), **config.get("kwargs", {}))
+    # Extra sections (e.g. the training data's classes and normalisation) travel with the model.
+    model.pixelseg_config.update({k: v for k, v in config.items() if k not in model.pixelseg_config})
     state = load_state_dict(weights_path, map_location=map_location)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

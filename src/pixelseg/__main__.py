@@ -1,0 +1,5 @@
+"""``python -m pixelseg`` (also under ``torchrun``) runs the CLI."""
+
+from .cli import main
+
+main()
