@@ -25,7 +25,7 @@ out = Console()
 err = Console(stderr=True)
 
 # Modules that add their own commands: each defines ``register(app: typer.Typer) -> None``.
-CLI_PLUGINS: list[str] = []
+CLI_PLUGINS: list[str] = ["pixelseg.classical.cli", "pixelseg.instance.cli"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -164,8 +164,10 @@ def _load_plugins() -> None:
         importlib.import_module(module).register(app)
 
 
+_load_plugins()
+
+
 def main() -> None:
-    _load_plugins()
     app(prog_name="pixelseg")
 
 
