@@ -93,13 +93,27 @@ def evaluate(model: Annotated[Path, typer.Argument(help="model directory or run 
              split: Annotated[str | None, typer.Option(help="dataset split (default: validation)")] = None,
              data_root: Annotated[str | None, typer.Option(help="dataset root, if it moved")] = None,
              out_json: Annotated[Path | None, typer.Option("--out", help="write the scores as JSON")] = None,
+             tta_scales: Annotated[str | None, typer.Option(
+                 help="test-time scales whose logits are averaged, e.g. '0.75,1,1.25' or '0.75 1 1.25'")] = None,
+             tta_flip: Annotated[bool, typer.Option(help="also average the left-right flipped image")] = False,
              device: str = "cpu") -> None:
-    """Score a saved model on its dataset (PA, MPA, IoU/mIoU, fwIoU, Dice)."""
+    """Score a saved model on its dataset (PA, MPA, IoU/mIoU, fwIoU, Dice), optionally with TTA."""
+    from .instance.maskrcnn import find_instance_model
+
+    instance_dir = find_instance_model(model)
+    if instance_dir is not None:  # a Mask R-CNN: COCO box and mask AP instead of pixel scores
+        from .instance.evaluate import evaluate_from_args
+
+        evaluate_from_args(instance_dir, split=split, output=out_json, data_root=data_root, device=device)
+        return
     from .engine.evaluate import evaluate as run_evaluation
     from .engine.evaluate import write_report
+    from .engine.tta import parse_scales
 
     overrides = {"root": data_root} if data_root else None
-    scores = run_evaluation(model, split=split, data_overrides=overrides, device=device)
+    scales = parse_scales(tta_scales) if tta_scales is not None else None
+    scores = run_evaluation(model, split=split, data_overrides=overrides, device=device, tta_scales=scales,
+                            tta_flip=tta_flip)
     _print_scores(scores)
     if out_json is not None:
         write_report(scores, out_json)
@@ -111,11 +125,21 @@ def evaluate(model: Annotated[Path, typer.Argument(help="model directory or run 
 def predict(inputs: Annotated[Path, typer.Argument(help="an image or a folder of images")],
             model: Annotated[Path, typer.Option(help="model directory or run directory")],
             out_dir: Annotated[Path, typer.Option("--out", help="output folder")],
+            refine: Annotated[str | None, typer.Option(help="'crf': dense-CRF post-processing")] = None,
             device: str = "cpu") -> None:
     """Write an index PNG and a colour overlay for every input image."""
+    from .instance.maskrcnn import find_instance_model
+
+    instance_dir = find_instance_model(model)
+    if instance_dir is not None:  # a Mask R-CNN: per-instance COCO JSON (RLE) and overlays
+        from .instance.predict import predict_from_args
+
+        predict_from_args(instance_dir, inputs, out_dir, device=device)
+        return
     from .engine.predict import predict as run_prediction
 
-    report = run_prediction(model, inputs, out_dir, device=device, on_error=lambda m: err.print(f"error: {m}"))
+    report = run_prediction(model, inputs, out_dir, device=device, on_error=lambda m: err.print(f"error: {m}"),
+                            refine=refine)
     out.print(f"{len(report.written) // 2} images segmented into {out_dir}")
     if report.failed:
         fail(f"{len(report.failed)} input(s) failed (see above); the others were written")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from ..errors import PixelsegError
 from ..models.registry import from_pretrained
 from .config import DataConfig, _build
 from .train import evaluate_model
+from .tta import TestTimeAugmented, check_scales
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -37,7 +39,10 @@ def model_data_info(model: torch.nn.Module, model_dir: Path) -> tuple[DatasetInf
 
 
 def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides: dict[str, Any] | None = None,
-             device: str = "cpu", batch_size: int = 1) -> dict[str, Any]:
+             device: str = "cpu", batch_size: int = 1, tta_scales: Sequence[float] | None = None,
+             tta_flip: bool = False) -> dict[str, Any]:
+    """Scores of a saved model; ``tta_scales``/``tta_flip`` average logits over scales and flips (engine.tta)."""
+    tta = {"scales": list(check_scales(tta_scales if tta_scales is not None else (1.0,))), "flip": tta_flip}
     model_dir = resolve_model_dir(model_path)
     model = from_pretrained(model_dir).to(device)
     info, data_config = model_data_info(model, model_dir)
@@ -50,8 +55,11 @@ def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides
     split = split or data_config.val_split
     dataset = build_eval_dataset(data_config, info, split)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    if tta_scales is not None or tta_flip:
+        model = TestTimeAugmented(model, tta["scales"], tta_flip)
     scores = evaluate_model(model, loader, info.num_classes, info.ignore_index, torch.device(device))
-    return {"model": str(model_dir), "split": split, "images": len(dataset), "classes": info.classes, **scores}
+    return {"model": str(model_dir), "split": split, "images": len(dataset), "classes": info.classes, "tta": tta,
+            **scores}
 
 
 def write_report(scores: dict[str, Any], path: str | Path) -> None:
