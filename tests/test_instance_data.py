@@ -106,12 +106,49 @@ def test_coco_polygons_are_rasterised_like_pycocotools(tmp_path: Path):
     (polygon_annotation(16, bbox=[5, 4, 0, 8]), "annotation 16: box [5, 4, 0, 8] has zero area"),
     (polygon_annotation(17, segmentation=[[1, 1, 5, 5, 9, 9]]), "annotation 17: polygon has zero area"),
     ({"id": 18, "image_id": 7, "segmentation": [[5, 4, 15, 4, 15, 12]]}, "annotation 18 is missing key(s) category_id"),
+    (polygon_annotation(19, image_id="seven"), "annotation 19: malformed value"),
+    (polygon_annotation(20, bbox=[5, 4, 10]), "annotation 20: bbox [5, 4, 10] must be [x, y, width, height]"),
+    (polygon_annotation(21, segmentation={"size": [30, 41], "counts": "PPYo0"}),
+     "annotation 21: RLE size [30, 41] differs from the image's [30, 40]"),
+    (polygon_annotation(22, segmentation={"counts": [0, 5]}), "annotation 22: RLE segmentation needs 'counts' and 'size'"),
 ])
 def test_bad_coco_annotations_are_one_line_errors_naming_file_and_annotation(tmp_path, record, message):
     path = write_coco(tmp_path, [polygon_annotation(1), record])
     with pytest.raises(PixelsegError, match="instances.json") as caught:
         CocoInstances(path, tmp_path)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_coco_rle_compressed_and_uncompressed_decode_like_pycocotools(tmp_path: Path):
+    from pycocotools import mask as mask_utils
+
+    mask = np.zeros((30, 40), dtype=np.uint8)
+    mask[3:9, 10:25] = 1
+    mask[20:28, 2:6] = 1
+    compressed = mask_utils.encode(np.asfortranarray(mask))
+    compressed["counts"] = compressed["counts"].decode("ascii")
+    runs, value = [0], 0  # uncompressed RLE: run lengths in column-major order, starting with 0s
+    for pixel in mask.T.ravel():
+        if pixel != value:
+            runs.append(0)
+            value = pixel
+        runs[-1] += 1
+    uncompressed = {"size": [30, 40], "counts": runs}
+    path = write_coco(tmp_path, [polygon_annotation(1, segmentation=compressed, bbox=[2, 3, 23, 25]),
+                                 polygon_annotation(2, segmentation=uncompressed, bbox=[2, 3, 23, 25])])
+    _, target = CocoInstances(path, tmp_path)[0]
+    assert np.array_equal(target["masks"][0].numpy(), mask)
+    assert np.array_equal(target["masks"][1].numpy(), mask)
+    assert target["boxes"].tolist() == [[2, 3, 25, 28]] * 2
+
+
+def test_coco_image_and_category_records_need_integer_ids(tmp_path: Path):
+    path = write_coco(tmp_path, [], images=[{"id": "a", "file_name": "a.png", "width": 40, "height": 30}])
+    with pytest.raises(PixelsegError, match="instances.json: image a: 'id' must be an integer"):
+        CocoInstances(path, tmp_path)
+    path = write_coco(tmp_path, [], categories=[{"id": 1.5, "name": "box"}])
+    with pytest.raises(PixelsegError, match="category 1.5: 'id' must be an integer"):
+        CocoInstances(path, tmp_path)
 
 
 def test_bad_coco_annotations_can_be_skipped_with_a_warning(tmp_path: Path):

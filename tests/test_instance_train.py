@@ -44,9 +44,20 @@ def write_config(tmp_path: Path, changes: dict | None = None) -> Path:
     return path
 
 
+def run_cli(*args: str) -> str:
+    """``pixelseg ARGS`` through the main command line; fails the test on a non-zero exit."""
+    from typer.testing import CliRunner
+
+    from pixelseg import cli
+
+    result = CliRunner().invoke(cli.app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
 def test_training_writes_checkpoints_metrics_and_a_model_and_resumes(tmp_path: Path):
     config = write_config(tmp_path)
-    train_from_config(config, [], resume=False)
+    run_cli("train", config)  # the main command dispatches task: instance here
     run = tmp_path / "run"
     assert (run / "last.safetensors").is_file()
     assert sorted(p.name for p in (run / "model").iterdir()) == ["config.json", "model.safetensors",
@@ -65,6 +76,14 @@ def test_training_writes_checkpoints_metrics_and_a_model_and_resumes(tmp_path: P
     predict_from_args(run / "model", [tmp_path / "x.png"], tmp_path / "pred", score_threshold=0.0)
     assert (tmp_path / "pred" / "x_instances.png").is_file()
     assert isinstance(json.loads((tmp_path / "pred" / "predictions.json").read_text()), list)
+
+    # the main commands recognise an instance model (or its run folder) and dispatch to the same code
+    printed = run_cli("evaluate", run, "--out", tmp_path / "main_metrics.json")
+    assert "mask_AP50" in printed
+    assert json.loads((tmp_path / "main_metrics.json").read_text()) == metrics
+    run_cli("predict", tmp_path / "x.png", "--model", run / "model", "--out", tmp_path / "pred_main")
+    assert (tmp_path / "pred_main" / "x_instances.png").is_file()
+    assert isinstance(json.loads((tmp_path / "pred_main" / "predictions.json").read_text()), list)
 
 
 def test_config_overrides_and_bad_configs(tmp_path: Path):
@@ -99,9 +118,7 @@ def test_cli_plugin_commands_report_bad_input_in_one_line(tmp_path: Path):
     from typer.testing import CliRunner
 
     from pixelseg import cli
-    from pixelseg.instance.cli import register
 
-    register(cli.app)
     result = CliRunner().invoke(cli.app, ["instance-evaluate", str(tmp_path / "nowhere")])
     assert result.exit_code == 2
     assert "no config given" in result.output or "no config given" in str(result.stderr_bytes or b"")

@@ -263,11 +263,11 @@ class CocoInstances(Dataset):
 
         self.images: list[dict[str, Any]] = []
         for record in data["images"]:
-            self._require(record, ("id", "file_name", "width", "height"), "image")
+            self._require(record, ("id", "file_name", "width", "height"), "image", numbers=("id", "width", "height"))
             self.images.append(record)
         categories = []
         for record in data["categories"]:
-            self._require(record, ("id", "name"), "category")
+            self._require(record, ("id", "name"), "category", numbers=("id",))
             categories.append(record)
         categories.sort(key=lambda c: int(c["id"]))
         self.class_names = ["background"] + [str(c["name"]) for c in categories]
@@ -286,7 +286,7 @@ class CocoInstances(Dataset):
             else:
                 raise PixelsegError(f"annotation {record.get('id', '?')}: {problem}", self.annotation_file)
 
-    def _require(self, record: Any, keys: tuple[str, ...], kind: str) -> None:
+    def _require(self, record: Any, keys: tuple[str, ...], kind: str, numbers: tuple[str, ...] = ()) -> None:
         if not isinstance(record, dict):
             raise PixelsegError(f"every {kind} entry must be a JSON object, got {record!r:.40}",
                                 self.annotation_file)
@@ -294,16 +294,28 @@ class CocoInstances(Dataset):
         if missing:
             raise PixelsegError(f"{kind} {record.get('id', '?')} is missing key(s) {', '.join(missing)}",
                                 self.annotation_file)
+        for key in numbers:
+            if isinstance(record[key], bool) or not isinstance(record[key], int):
+                raise PixelsegError(f"{kind} {record.get('id', '?')}: '{key}' must be an integer, "
+                                    f"got {record[key]!r:.40}", self.annotation_file)
 
     def _check_annotation(self, record: dict[str, Any], image_ids: dict[int, dict[str, Any]]) -> str | None:
         """The problem with one annotation, or None when it is usable."""
         self._require(record, ("id", "image_id", "category_id", "segmentation"), "annotation")
+        try:
+            return self._check_values(record, image_ids)
+        except (TypeError, ValueError) as err:  # e.g. a string where a number belongs
+            return f"malformed value ({err})"
+
+    def _check_values(self, record: dict[str, Any], image_ids: dict[int, dict[str, Any]]) -> str | None:
         if int(record["image_id"]) not in image_ids:
             return f"unknown image id {record['image_id']}"
         if int(record["category_id"]) not in self._label_of:
             return f"unknown category id {record['category_id']}"
         bbox = record.get("bbox")
-        if bbox is not None and (len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0):
+        if bbox is not None and (not isinstance(bbox, list) or len(bbox) != 4):
+            return f"bbox {bbox} must be [x, y, width, height]"
+        if bbox is not None and (float(bbox[2]) <= 0 or float(bbox[3]) <= 0):
             return f"box {bbox} has zero area"
         segmentation = record["segmentation"]
         if isinstance(segmentation, list):

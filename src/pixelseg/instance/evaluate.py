@@ -119,15 +119,16 @@ def evaluate_model(model: nn.Module, dataset: Dataset, *, batch_size: int = 4) -
 
 
 def evaluate_from_args(model_dir: Path, config_path: Path | None = None, overrides: list[str] | None = None,
-                       split: str | None = "val", output: Path | None = None,
-                       batch_size: int = 4) -> dict[str, float]:
-    """``pixelseg evaluate`` for instance models: the model in ``model_dir`` on the ``split`` data of
-    ``config_path`` (default: the config saved next to the model), metrics printed and written to
-    ``output`` (default ``model_dir/metrics_<split>.json``)."""
-    from .maskrcnn import load_instance_model
+                       split: str | None = "val", output: Path | None = None, batch_size: int = 4, *,
+                       data_root: str | None = None, device: str = "cpu") -> dict[str, float]:
+    """``pixelseg evaluate`` for instance models: the model in ``model_dir`` (or a run folder's
+    ``model/``) on the ``split`` data of ``config_path`` (default: the config saved next to the model),
+    metrics printed and written to ``output`` (default ``model_dir/metrics_<split>.json``).
+    ``data_root`` moves the data: the folder of a Penn-Fudan layout, the image folder of COCO data."""
+    from .maskrcnn import find_instance_model, load_instance_model
     from .train import build_dataset, load_config
 
-    model_dir = Path(model_dir)
+    model_dir = find_instance_model(model_dir) or Path(model_dir)
     split = split or "val"
     if split not in ("train", "val"):
         raise PixelsegError(f"unknown split '{split}' (train or val)")
@@ -136,7 +137,12 @@ def evaluate_from_args(model_dir: Path, config_path: Path | None = None, overrid
         if not config_path.is_file():
             raise PixelsegError("no config given and none saved next to the model", config_path)
     config = load_config(Path(config_path), overrides or [])
-    model = load_instance_model(model_dir)
+    if data_root is not None:
+        key = {"folder": "root", "coco": "image_dir"}.get(config["data"].get("kind", "synthetic"))
+        if key is None:
+            raise PixelsegError("--data-root: synthetic data has no folder", config_path)
+        config["data"].setdefault(split, {})[key] = data_root
+    model = load_instance_model(model_dir).to(device)
     dataset = build_dataset(config, split)
     metrics = evaluate_model(model, dataset, batch_size=batch_size)
     output = Path(output) if output is not None else model_dir / f"metrics_{split}.json"

@@ -168,6 +168,24 @@ def save_instance_model(model: MaskRCNN, directory: str | Path) -> Path:
     return directory
 
 
+def find_instance_model(path: str | Path) -> Path | None:
+    """The saved instance model at ``path``: the folder itself or a run folder's ``model/``, when its
+    ``config.json`` says ``"task": "instance"``; None otherwise (the main CLI then treats ``path`` as a
+    semantic model)."""
+    path = Path(path)
+    for candidate in (path, path / "model"):
+        config_path = candidate / "config.json"
+        if not config_path.is_file():
+            continue
+        try:
+            config = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            return None
+        if isinstance(config, dict) and config.get("task") == "instance":
+            return candidate
+    return None
+
+
 def load_instance_model(directory: str | Path) -> MaskRCNN:
     """Rebuild a model saved by :func:`save_instance_model`: config first, then weights. No pickle."""
     from ..engine.checkpoint import load_state_dict

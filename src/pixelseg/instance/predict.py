@@ -65,7 +65,7 @@ def collect_images(inputs: list[Path]) -> list[Path]:
 
 @torch.no_grad()
 def predict_images(model: nn.Module, paths: list[Path], output_dir: Path, *, score_threshold: float = 0.5,
-                   mask_threshold: float = 0.5) -> list[dict[str, Any]]:
+                   mask_threshold: float = 0.5, device: str = "cpu") -> list[dict[str, Any]]:
     """Run ``model`` on every image, write ``predictions.json``, ``images.json`` and the overlays."""
     from ..engine.checkpoint import atomic_write_bytes
 
@@ -77,7 +77,7 @@ def predict_images(model: nn.Module, paths: list[Path], output_dir: Path, *, sco
     results, images = [], []
     for image_id, path in enumerate(paths):
         pixels = _read_rgb(path)
-        output = model([_image_tensor(pixels)])[0]
+        output = {key: value.cpu() for key, value in model([_image_tensor(pixels).to(device)])[0].items()}
         keep = output["scores"] >= score_threshold
         output = {key: value[keep] for key, value in output.items()}
         top_label = int(output["labels"].max()) if len(output["labels"]) else 0
@@ -99,14 +99,15 @@ def predict_images(model: nn.Module, paths: list[Path], output_dir: Path, *, sco
 
 
 def predict_from_args(model_dir: Path, inputs: list[Path] | Path, output_dir: Path,
-                      score_threshold: float = 0.5) -> list[dict[str, Any]]:
-    """``pixelseg predict`` for instance models: a saved model directory, images or folders (one path
-    or a list), an output folder. Prints one line per image with the number of instances kept."""
-    from .maskrcnn import load_instance_model
+                      score_threshold: float = 0.5, *, device: str = "cpu") -> list[dict[str, Any]]:
+    """``pixelseg predict`` for instance models: a saved model directory (or a run folder's
+    ``model/``), images or folders (one path or a list), an output folder. Prints one line per image
+    with the number of instances kept."""
+    from .maskrcnn import find_instance_model, load_instance_model
 
-    model = load_instance_model(Path(model_dir))
+    model = load_instance_model(find_instance_model(model_dir) or Path(model_dir)).to(device)
     paths = collect_images([Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs])
-    results = predict_images(model, paths, Path(output_dir), score_threshold=score_threshold)
+    results = predict_images(model, paths, Path(output_dir), score_threshold=score_threshold, device=device)
     for path in paths:
         count = sum(1 for r in results if r["file_name"] == path.name)
         print(f"{path.name}: {count} instance(s)")
