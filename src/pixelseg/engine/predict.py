@@ -69,15 +69,26 @@ class PredictReport:
 
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+REFINE_METHODS = ("crf",)
+
+
+def crf_labels(logits: torch.Tensor, image: Image.Image) -> np.ndarray:
+    """Labels (H, W) of one image's logits (K, H, W) refined by the dense CRF (``--refine crf``)."""
+    from ..classical.dense_crf import refine_logits
+
+    return refine_logits(logits, np.asarray(image.convert("RGB"))).cpu().numpy()
 
 
 def predict(model_path: str | Path, inputs: str | Path | Iterable[Path], out_dir: str | Path, *,
             device: str = "cpu", logits_fn: LogitsFn | None = None,
-            on_error: Callable[[str], None] | None = None) -> PredictReport:
+            on_error: Callable[[str], None] | None = None, refine: str | None = None) -> PredictReport:
     """Segment every input image; write ``<stem>.png`` (index) and ``<stem>_overlay.png``.
 
     ``logits_fn`` replaces the whole-image forward pass (tiling, TTA, another backend) if given.
+    ``refine="crf"`` post-processes the logits with the dense CRF (``classical.dense_crf``).
     """
+    if refine is not None and refine not in REFINE_METHODS:
+        raise PixelsegError(f"unknown refinement {refine!r}; choose one of: {', '.join(REFINE_METHODS)}")
     model_dir = resolve_model_dir(model_path)
     model = from_pretrained(model_dir).to(device).eval()
     info, _ = model_data_info(model, model_dir)
@@ -96,7 +107,8 @@ def predict(model_path: str | Path, inputs: str | Path | Iterable[Path], out_dir
             continue
         pixels = normalize(to_chw_uint8(image).float() / 255.0, info.mean, info.std)
         with torch.inference_mode():
-            labels = run(pixels[None].to(device)).argmax(1)[0].cpu().numpy()
+            logits = run(pixels[None].to(device))
+            labels = crf_labels(logits[0], image) if refine == "crf" else logits.argmax(1)[0].cpu().numpy()
         index_path, overlay_path = out_dir / f"{path.stem}.png", out_dir / f"{path.stem}_overlay.png"
         atomic_write_bytes(index_path, _png_bytes(index_png(labels, info.palette)))
         atomic_write_bytes(overlay_path, _png_bytes(overlay(image, labels, info.palette)))

@@ -1,0 +1,87 @@
+"""``pixelseg predict ... --refine crf``: any saved model's logits refined by the dense CRF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from pixelseg.classical.dense_crf import DenseCRFConfig, unary_from_probabilities
+from pixelseg.data.build import dataset_info
+from pixelseg.data.transforms import normalize
+from pixelseg.engine.config import Config, DataConfig, ModelConfig
+from pixelseg.engine.forward import forward_whole
+from pixelseg.engine.train import build_model_for
+from tests.test_classical_dense_crf import one_torch_thread, pydensecrf_marginals  # noqa: F401
+
+
+@pytest.fixture
+def saved_model(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    config = Config(model=ModelConfig(name="unet", kwargs={"padding": "same", "base_channels": 4, "depth": 2}),
+                    data=DataConfig(name="shapes", val_samples=3, image_size=24))
+    model = build_model_for(config, dataset_info(config.data)).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # noisy convolution kernels: a labelling that changes from pixel to pixel
+        for parameter in model.parameters():
+            if parameter.dim() == 4:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.3)
+        classifier = [module for module in model.modules() if isinstance(module, torch.nn.Conv2d)][-1]
+        classifier.weight.mul_(0.05)  # ... and not confident about it
+    model.save_pretrained(tmp_path / "model")
+    return tmp_path / "model", model
+
+
+@pytest.fixture
+def image_file(tmp_path: Path) -> Path:
+    """Two flat colour halves with noise, 40x56."""
+    rng = np.random.default_rng(0)
+    pixels = np.where(np.arange(56)[None, :, None] < 28, [30, 60, 200], [200, 60, 30]) + rng.normal(0, 20, (40, 56, 3))
+    path = tmp_path / "scene.png"
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_refine_crf_agrees_with_pydensecrf_on_the_model_logits(saved_model: tuple[Path, torch.nn.Module],
+                                                               image_file: Path, tmp_path: Path) -> None:
+    from pixelseg.cli import app
+
+    pytest.importorskip("pydensecrf.densecrf")
+    model_dir, model = saved_model
+    runner = CliRunner()
+    plain = runner.invoke(app, ["predict", str(image_file), "--model", str(model_dir), "--out", str(tmp_path / "a")])
+    refined = runner.invoke(app, ["predict", str(image_file), "--model", str(model_dir), "--out", str(tmp_path / "b"),
+                                  "--refine", "crf"])
+    assert plain.exit_code == 0 and refined.exit_code == 0, plain.output + refined.output
+    plain_labels = np.array(Image.open(tmp_path / "a" / "scene.png"))
+    refined_labels = np.array(Image.open(tmp_path / "b" / "scene.png"))
+
+    image = np.array(Image.open(image_file).convert("RGB"))
+    info = model.pixelseg_config["data"]
+    pixels = normalize(torch.as_tensor(image).permute(2, 0, 1).float() / 255.0, info["mean"], info["std"])
+    with torch.no_grad():
+        logits = forward_whole(model, pixels[None])[0]
+    assert (plain_labels == logits.argmax(0).numpy()).all()
+    reference = pydensecrf_marginals(unary_from_probabilities(logits.softmax(0)), image, DenseCRFConfig()).argmax(0)
+    assert (refined_labels == reference).mean() >= 0.99
+    assert (refined_labels != plain_labels).mean() > 0.05  # the CRF did change the labels ...
+    assert boundary_length(refined_labels) < 0.5 * boundary_length(plain_labels)  # ... and smoothed them
+
+
+def boundary_length(labels: np.ndarray) -> int:
+    """Number of 4-neighbour pairs with different labels."""
+    return int((labels[1:] != labels[:-1]).sum() + (labels[:, 1:] != labels[:, :-1]).sum())
+
+
+def test_an_unknown_refinement_is_one_clear_line(saved_model: tuple[Path, torch.nn.Module], image_file: Path,
+                                                 tmp_path: Path) -> None:
+    from pixelseg.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(image_file), "--model", str(saved_model[0]),
+                                      "--out", str(tmp_path / "o"), "--refine", "densecrf"])
+    assert result.exit_code == 2
+    assert "unknown refinement 'densecrf'; choose one of: crf" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()
