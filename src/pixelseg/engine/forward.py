@@ -13,9 +13,13 @@ from torch import Tensor, nn
 from ..models.base import main_logits
 
 
-def reflect_indices(length: int, before: int, after: int, device: torch.device | None = None) -> Tensor:
-    """Indices of a mirror padding (edge pixel not repeated) of any width, even wider than ``length``."""
-    positions = torch.arange(-before, length + after, device=device)
+def reflect_range(length: int, start: int, stop: int, device: torch.device | None = None) -> Tensor:
+    """Source indices of positions ``start..stop-1`` of an axis of ``length`` mirrored at both ends.
+
+    The edge pixel is not repeated (``... 2 1 | 0 1 2 ... n-1 | n-2 ...``); any window, however far
+    outside the axis, maps back into it.
+    """
+    positions = torch.arange(start, stop, device=device)
     if length == 1:
         return torch.zeros_like(positions)
     period = 2 * (length - 1)
@@ -23,10 +27,15 @@ def reflect_indices(length: int, before: int, after: int, device: torch.device |
     return torch.where(positions >= length, period - positions, positions)
 
 
-def mirror_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
-    rows = reflect_indices(x.shape[-2], top, bottom, x.device)
-    cols = reflect_indices(x.shape[-1], left, right, x.device)
+def mirror_window(x: Tensor, top: int, left: int, height: int, width: int) -> Tensor:
+    """The ``height x width`` window of ``x`` (``(..., H, W)``) at ``(top, left)``, mirrored where outside."""
+    rows = reflect_range(x.shape[-2], top, top + height, x.device)
+    cols = reflect_range(x.shape[-1], left, left + width, x.device)
     return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def mirror_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
+    return mirror_window(x, -top, -left, x.shape[-2] + top + bottom, x.shape[-1] + left + right)
 
 
 def forward_whole(model: nn.Module, images: Tensor) -> Tensor:
