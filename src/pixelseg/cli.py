@@ -25,7 +25,7 @@ out = Console()
 err = Console(stderr=True)
 
 # Modules that add their own commands: each defines ``register(app: typer.Typer) -> None``.
-CLI_PLUGINS: list[str] = ["pixelseg.classical.cli", "pixelseg.instance.cli"]
+CLI_PLUGINS: list[str] = ["pixelseg.classical.cli", "pixelseg.instance.cli", "pixelseg.stats"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
