@@ -142,6 +142,18 @@ def test_coco_rle_compressed_and_uncompressed_decode_like_pycocotools(tmp_path: 
     assert target["boxes"].tolist() == [[2, 3, 25, 28]] * 2
 
 
+def test_images_without_instances_give_empty_targets(tmp_path: Path):
+    path = write_coco(tmp_path, [])
+    image, target = CocoInstances(path, tmp_path)[0]
+    assert image.shape == (3, 30, 40) and target["masks"].shape == (0, 30, 40)
+    assert target["boxes"].shape == (0, 4) and target["labels"].shape == target["area"].shape == (0,)
+    (tmp_path / "PNGImages").mkdir()
+    (tmp_path / "PedMasks").mkdir()
+    Image.new("RGB", (8, 6)).save(tmp_path / "PNGImages" / "empty.png")
+    Image.new("L", (8, 6)).save(tmp_path / "PedMasks" / "empty_mask.png")
+    assert InstanceMaskFolder(tmp_path)[0][1]["masks"].shape == (0, 6, 8)
+
+
 def test_coco_image_and_category_records_need_integer_ids(tmp_path: Path):
     path = write_coco(tmp_path, [], images=[{"id": "a", "file_name": "a.png", "width": 40, "height": 30}])
     with pytest.raises(PixelsegError, match="instances.json: image a: 'id' must be an integer"):

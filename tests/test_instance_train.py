@@ -124,16 +124,51 @@ def test_cli_plugin_commands_report_bad_input_in_one_line(tmp_path: Path):
     assert "no config given" in result.output or "no config given" in str(result.stderr_bytes or b"")
 
 
-def test_shipped_penn_fudan_config_reads_a_penn_fudan_folder(tmp_path: Path):
-    from pixelseg.instance.train import build_dataset
+def make_penn_fudan_folder(root: Path, count: int) -> None:
+    """``count`` tiny images in the Penn-Fudan layout (the first one from test_instance_data)."""
+    import shutil
+
     from tests.test_instance_data import make_penn_fudan
 
-    make_penn_fudan(tmp_path / "PennFudanPed")
+    make_penn_fudan(root)
+    for index in range(2, count + 1):
+        for folder, suffix in (("PNGImages", ""), ("PedMasks", "_mask")):
+            shutil.copy(root / folder / f"FudanPed00001{suffix}.png", root / folder / f"FudanPed{index:05d}{suffix}.png")
+
+
+PENN_FUDAN_CONFIG = Path(__file__).parents[1] / "configs" / "instance" / "pennfudan_resnet50.yaml"
+
+
+def test_shipped_penn_fudan_config_splits_one_folder_into_train_and_val(tmp_path: Path):
+    from pixelseg.instance.train import build_dataset
+
     root = tmp_path / "PennFudanPed"
-    config = load_config(Path(__file__).parents[1] / "configs" / "instance" / "pennfudan_resnet50.yaml",
-                         [f"data.train.root={root}", f"data.val.root={root}"])
-    dataset = build_dataset(config, "train")
-    assert len(dataset) == 1 and dataset[0][1]["labels"].tolist() == [1, 1]
+    make_penn_fudan_folder(root, 53)
+    config = load_config(PENN_FUDAN_CONFIG, [f"data.root={root}"])
+    train_set, val_set = build_dataset(config, "train"), build_dataset(config, "val")
+    assert len(train_set) == 3 and len(val_set) == 50  # the last 50 in name order are held out
+    assert {p[0].name for p in train_set.pairs} == {f"FudanPed{k:05d}.png" for k in (1, 2, 3)}
+    assert train_set[0][1]["labels"].tolist() == [1, 1]
+    with pytest.raises(PixelsegError, match="val_count must lie between 1 and 52"):
+        build_dataset(load_config(PENN_FUDAN_CONFIG, [f"data.root={root}", "data.val.val_count=60"]), "val")
+
+
+def test_penn_fudan_run_is_one_command(tmp_path: Path):
+    # The documented command with the shipped config (ResNet-50-FPN), shrunk only in size and steps.
+    root = tmp_path / "PennFudanPed"
+    make_penn_fudan_folder(root, 3)
+    run = tmp_path / "run"
+    run_cli("train", PENN_FUDAN_CONFIG, "--set", f"data.root={root}", "--set", "data.train.val_count=1",
+            "--set", "data.val.val_count=1", "--set", "model.min_size=64", "--set", "model.max_size=64",
+            "--set", "model.rpn_pre_nms_top_n_train=50", "--set", "model.rpn_post_nms_top_n_train=20",
+            "--set", "model.rpn_pre_nms_top_n_test=50", "--set", "model.rpn_post_nms_top_n_test=20",
+            "--set", "model.box_batch_size_per_image=16", "--set", "model.box_detections_per_img=5",
+            "--set", "train.steps=1", "--set", "train.precise_bn_batches=1", "--set", "train.threads=1",
+            "--set", f"train.out_dir={run}")
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["final"]) >= {"mask_AP", "mask_AP50", "box_AP"}
+    saved = json.loads((run / "model" / "config.json").read_text())
+    assert saved["kwargs"]["backbone"] == "resnet50" and saved["class_names"] == ["background", "pedestrian"]
 
 
 def test_precise_batchnorm_sets_running_stats_to_the_average_of_batch_statistics():

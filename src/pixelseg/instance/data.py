@@ -63,7 +63,7 @@ def make_target(masks: np.ndarray, labels: np.ndarray, image_id: int,
         "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(count),
         "masks": torch.from_numpy(masks.astype(np.uint8)),
         "image_id": torch.tensor(image_id, dtype=torch.int64),
-        "area": torch.from_numpy(masks.reshape(count, -1).sum(axis=1).astype(np.float32)),
+        "area": torch.from_numpy(masks.sum(axis=(1, 2)).astype(np.float32)),
         "iscrowd": torch.as_tensor(np.zeros(count) if iscrowd is None else iscrowd, dtype=torch.int64),
     }
 
@@ -162,10 +162,13 @@ class InstanceMaskFolder(Dataset):
 
     ``root/PNGImages/<name>.<ext>`` and ``root/PedMasks/<name>_mask.png`` (or ``<name>.png``): 0 is
     background and each value 1..N is one instance. ``class_name`` names the single class.
+    ``split="train"`` keeps all images but the last ``val_count`` (in name order), ``"val"`` those
+    last ``val_count``, ``"all"`` every image, so one folder gives disjoint training and validation sets.
     """
 
     def __init__(self, root: str | Path, *, images_dir: str = "PNGImages", masks_dir: str = "PedMasks",
-                 class_name: str = "pedestrian") -> None:
+                 class_name: str = "pedestrian", split: Literal["all", "train", "val"] = "all",
+                 val_count: int = 0) -> None:
         self.root = Path(root)
         image_root, mask_root = self.root / images_dir, self.root / masks_dir
         for folder in (image_root, mask_root):
@@ -184,6 +187,14 @@ class InstanceMaskFolder(Dataset):
             self.pairs.append((image_path, mask_path))
         if not self.pairs:
             raise PixelsegError(f"no images in {images_dir}/", image_root)
+        if split not in ("all", "train", "val"):
+            raise PixelsegError(f"unknown split '{split}' (all, train or val)", self.root)
+        if split != "all":
+            if not 0 < val_count < len(self.pairs):
+                raise PixelsegError(f"val_count must lie between 1 and {len(self.pairs) - 1} (the folder "
+                                    f"holds {len(self.pairs)} images), got {val_count}", self.root)
+            cut = len(self.pairs) - val_count
+            self.pairs = self.pairs[:cut] if split == "train" else self.pairs[cut:]
 
     def __len__(self) -> int:
         return len(self.pairs)

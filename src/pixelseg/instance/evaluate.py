@@ -141,7 +141,7 @@ def evaluate_from_args(model_dir: Path, config_path: Path | None = None, overrid
         key = {"folder": "root", "coco": "image_dir"}.get(config["data"].get("kind", "synthetic"))
         if key is None:
             raise PixelsegError("--data-root: synthetic data has no folder", config_path)
-        config["data"].setdefault(split, {})[key] = data_root
+        config["data"][split] = {**(config["data"].get(split) or {}), key: data_root}
     model = load_instance_model(model_dir).to(device)
     dataset = build_dataset(config, split)
     metrics = evaluate_model(model, dataset, batch_size=batch_size)

@@ -98,6 +98,8 @@ def build_dataset(config: dict[str, Any], split: str) -> Dataset:
     options = dict(data.get(split) or {})
     kind = data.get("kind", "synthetic")
     where = config.get("_path")
+    if "root" in data:  # one folder for both splits (Penn-Fudan layout), unless a split names its own
+        options.setdefault("root", data["root"])
     try:
         if kind == "synthetic":
             options.setdefault("split", "train" if split == "train" else "val")
