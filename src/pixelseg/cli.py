@@ -126,8 +126,19 @@ def predict(inputs: Annotated[Path, typer.Argument(help="an image or a folder of
             model: Annotated[Path, typer.Option(help="model directory or run directory")],
             out_dir: Annotated[Path, typer.Option("--out", help="output folder")],
             refine: Annotated[str | None, typer.Option(help="'crf': dense-CRF post-processing")] = None,
+            backend: Annotated[str, typer.Option(help="'torch' (eager) or 'onnxruntime'")] = "torch",
+            optimize: Annotated[bool, typer.Option(help="fold batch norms, channels_last (same outputs)")] = False,
+            compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the eager model")] = False,
+            threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
+            tile: Annotated[int | None, typer.Option(help="tile side: overlap-tile / sliding window")] = None,
+            overlap: Annotated[int, typer.Option(help="sliding-window overlap in pixels")] = 64,
+            tile_batch: Annotated[int, typer.Option(help="tiles per forward pass")] = 1,
+            blend: Annotated[str, typer.Option(help="'gaussian', 'cosine' or 'exact'")] = "gaussian",
+            tta_scales: Annotated[str | None, typer.Option(help="test-time scales, e.g. '0.75,1,1.25'")] = None,
+            tta_flip: Annotated[bool, typer.Option(help="also average the left-right flip")] = False,
+            stream: Annotated[bool, typer.Option(help="read window by window, write <stem>.tif (tiled)")] = False,
             device: str = "cpu") -> None:
-    """Write an index PNG and a colour overlay for every input image."""
+    """Write an index PNG and a colour overlay for every input image (under torchrun: this rank's share)."""
     from .instance.maskrcnn import find_instance_model
 
     instance_dir = find_instance_model(model)
@@ -136,13 +147,39 @@ def predict(inputs: Annotated[Path, typer.Argument(help="an image or a folder of
 
         predict_from_args(instance_dir, inputs, out_dir, device=device)
         return
+    from .engine.predict import InferenceOptions, shard_from_env, total_failures
     from .engine.predict import predict as run_prediction
+    from .engine.tta import parse_scales
 
-    report = run_prediction(model, inputs, out_dir, device=device, on_error=lambda m: err.print(f"error: {m}"),
-                            refine=refine)
-    out.print(f"{len(report.written) // 2} images segmented into {out_dir}")
-    if report.failed:
-        fail(f"{len(report.failed)} input(s) failed (see above); the others were written")
+    options = InferenceOptions(backend=backend, optimize=optimize, compile=compile_, threads=threads, tile=tile,
+                               overlap=overlap, tile_batch=tile_batch, blend=blend, stream=stream,
+                               tta_scales=parse_scales(tta_scales) if tta_scales is not None else None,
+                               tta_flip=tta_flip)
+    rank, world = shard_from_env()
+    who = f"rank {rank}: " if world > 1 else ""
+    report = run_prediction(model, inputs, out_dir, device=device, refine=refine, options=options,
+                            shard=(rank, world), on_error=lambda m: err.print(f"error: {who}{m}", highlight=False,
+                                                                             soft_wrap=True))
+    images = len(report.written) if stream else len(report.written) // 2
+    out.print(f"{who}{images} images segmented into {out_dir}")
+    failures = total_failures(len(report.failed))
+    if failures:
+        fail(f"{failures} input(s) failed (see above); the others were written")
+
+
+@app.command()
+@friendly
+def export(model: Annotated[Path, typer.Argument(help="model directory or run directory")],
+           out_file: Annotated[Path, typer.Option("--out", help="the file to write, e.g. model.onnx")],
+           format_: Annotated[str, typer.Option("--format", help="'onnx'")] = "onnx",
+           opset: Annotated[int | None, typer.Option(help="ONNX opset (default: pixelseg.engine.export.OPSET)")]
+           = None) -> None:
+    """Export a saved model (dynamic batch, height, width), checked against PyTorch with ONNX Runtime."""
+    from .engine.export import OPSET, export_model_dir
+
+    report = export_model_dir(model, out_file, format=format_, opset=opset or OPSET)
+    diffs = ", ".join(f"{size}: {diff:.1e}" for size, diff in report.max_abs_diff.items())
+    out.print(f"wrote {report.path} (ONNX opset {report.opset}; max |ONNX Runtime - PyTorch| {diffs})")
 
 
 @app.command()
