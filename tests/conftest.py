@@ -16,6 +16,15 @@ def _seed_and_threads() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread (the CPU is shared), restoring the count afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def shared_dataset(name: str) -> Path:
     """Path of ``../shared/data/<name>``, or skip the test when it is not there."""
     path = SHARED_DATA / name

@@ -21,13 +21,7 @@ from pixelseg.engine.train import build_model_for
 from pixelseg.engine.tta import TestTimeAugmented, parse_scales, tta_logits
 from pixelseg.errors import PixelsegError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_net(num_classes: int = 3) -> nn.Module:
