@@ -91,9 +91,12 @@ def test_config_overrides_and_bad_configs(tmp_path: Path):
     loaded = load_config(config, ["train.lr=0.5", "model.fpn_channels=32"])
     assert loaded["train"]["lr"] == 0.5 and loaded["model"]["fpn_channels"] == 32
     assert loaded["train"]["momentum"] == 0.9  # defaults fill what the file leaves out
-    with pytest.raises(PixelsegError, match="unknown train key"):
+    with pytest.raises(PixelsegError, match="unknown train key 'lrr' \\(did you mean 'lr'\\?\\)"):
         load_config(config, ["train.lrr=0.5"])
-    with pytest.raises(PixelsegError, match="must look like section.key=value"):
+    with pytest.raises(PixelsegError, match="instance.yaml: model: unknown Mask R-CNN keyword 'fpn_channel' "
+                                           "\\(did you mean 'fpn_channels'\\?\\)"):
+        train_from_config(config, ["model.fpn_channel=8"], resume=False)
+    with pytest.raises(PixelsegError, match="--set expects key=value"):
         load_config(config, ["train.lr"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: semantic\n")

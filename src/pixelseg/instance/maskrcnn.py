@@ -21,6 +21,8 @@ Models are saved as ``config.json`` (``"task": "instance"``) plus ``model.safete
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,9 @@ from torchvision.models import mobilenet_v3_large, resnet50
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -93,6 +96,18 @@ def pyramid_anchors(sizes: list[int]) -> AnchorGenerator:
     return AnchorGenerator(tuple((size,) for size in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
 
 
+def check_detector_keywords(keywords: dict[str, Any]) -> None:
+    """Refuse keywords that torchvision's Mask R-CNN would swallow silently (it passes unknown ones on
+    to its image transform, which ignores them), naming the closest known one."""
+    known = {name for cls in (MaskRCNN, FasterRCNN, GeneralizedRCNNTransform)
+             for name in inspect.signature(cls.__init__).parameters} - {"self", "kwargs"}
+    known |= {name for name in inspect.signature(build_mask_rcnn).parameters} - {"detector_kwargs"}
+    for key in sorted(set(keywords) - known):
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise PixelsegError(f"unknown Mask R-CNN keyword '{key}'{hint}")
+
+
 def build_mask_rcnn(
     num_classes: int,
     *,
@@ -119,6 +134,7 @@ def build_mask_rcnn(
     """
     if num_classes < 2:
         raise PixelsegError(f"num_classes counts the background and must be at least 2, got {num_classes}")
+    check_detector_keywords(detector_kwargs)
     features = feature_pyramid(backbone, fpn_channels, backbone_weights, width_mult)
     sizes = anchor_sizes or [32, 64, 128, 256, 512]
     anchors = pyramid_anchors(sizes)

@@ -18,6 +18,7 @@ steps (``--resume`` continues from it exactly), COCO metrics on the validation s
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import math
 import random
@@ -58,36 +59,21 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(config_path: Path, overrides: list[str]) -> dict[str, Any]:
     """The config file merged over the defaults, then the ``a.b=value`` overrides."""
+    from ..engine.config import apply_overrides, read_yaml
+
     config_path = Path(config_path)
-    if not config_path.is_file():
-        raise PixelsegError("config file not found", config_path)
-    try:
-        loaded = yaml.safe_load(config_path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise PixelsegError(f"not valid YAML ({str(err).splitlines()[0]})", config_path) from None
-    if not isinstance(loaded, dict):
-        raise PixelsegError("the config must be a YAML mapping", config_path)
+    loaded = read_yaml(config_path)
     if loaded.get("task", "instance") != "instance":
         raise PixelsegError(f"task is '{loaded.get('task')}', expected 'instance'", config_path)
     unknown = set(loaded) - {"task", *_SECTIONS}
     if unknown:
         raise PixelsegError(f"unknown top-level key(s) {', '.join(sorted(unknown))} "
                             f"(expected task, {', '.join(_SECTIONS)})", config_path)
-    config = _merge(DEFAULTS, loaded)
-    for override in overrides:
-        if "=" not in override:
-            raise PixelsegError(f"override '{override}' must look like section.key=value", config_path)
-        dotted, raw = override.split("=", 1)
-        keys = dotted.strip().split(".")
-        node = config
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise PixelsegError(f"override '{override}': '{key}' is not a section", config_path)
-        node[keys[-1]] = yaml.safe_load(raw)
-    unknown_train = set(config["train"]) - set(DEFAULTS["train"])
-    if unknown_train:
-        raise PixelsegError(f"unknown train key(s) {', '.join(sorted(unknown_train))}", config_path)
+    config = apply_overrides(_merge(DEFAULTS, loaded), list(overrides))
+    for key in sorted(set(config["train"]) - set(DEFAULTS["train"])):
+        close = difflib.get_close_matches(key, DEFAULTS["train"], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise PixelsegError(f"unknown train key '{key}'{hint}", config_path)
     config["_path"] = str(config_path)
     return config
 
@@ -190,7 +176,11 @@ def train(config: dict[str, Any], *, resume: bool = False) -> dict[str, Any]:
         raise PixelsegError(f"the training set has {len(train_set)} images, fewer than batch_size "
                             f"{settings['batch_size']}", config.get("_path"))
     model_options = dict(config["model"])
-    model = build_mask_rcnn(len(train_set.class_names), class_names=list(train_set.class_names), **model_options)
+    try:
+        model = build_mask_rcnn(len(train_set.class_names), class_names=list(train_set.class_names),
+                                **model_options)
+    except (PixelsegError, TypeError) as err:
+        raise PixelsegError(f"model: {err}", config.get("_path")) from None
     model.pixelseg_config["category_ids"] = list(train_set.category_ids)
     parameters = [p for p in model.parameters() if p.requires_grad]
     if settings["optimizer"] == "sgd":
