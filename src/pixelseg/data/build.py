@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from ..engine.config import DataConfig
 from ..errors import PixelsegError, closest
@@ -84,6 +84,10 @@ def build_datasets(config: DataConfig, info: DatasetInfo, *, val_split: str | No
         color_jitter=config.color_jitter, elastic_sigma=config.elastic_sigma)
     train = _make(config, config.train_split, True,
                   training_transform(augment, info.mean, info.std, config.ignore_index))
+    if config.repeats < 1:
+        raise PixelsegError(f"data.repeats must be at least 1, got {config.repeats}")
+    if config.repeats > 1:
+        train = ConcatDataset([train] * config.repeats)
     val = _make(config, val_split or config.val_split, False, evaluation_transform(info.mean, info.std))
     return train, val
 

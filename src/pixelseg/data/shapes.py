@@ -2,7 +2,8 @@
 
 Textured circles, squares and triangles of random size, rotation, colour and texture (stripes, checks
 or noise) on a cluttered background (smooth colour noise, lines and small distractor blobs that are
-background). The class is the shape, not the colour, so a model must learn geometry. Every sample is
+background). Each class has its own shape and texture pattern (circles striped, squares checked,
+triangles noisy) in random colours, so the class is never the colour. Every sample is
 a pure function of ``(seed, split, index)``: the same seed gives the same data on any machine.
 """
 
@@ -19,10 +20,9 @@ SHAPES_PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200)]
 _SPLIT_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 
 
-def _texture(rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """An RGB texture (H, W, 3) in [0, 1]: stripes, checks or coloured noise of two random colours."""
+def _texture(rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray, kind: int) -> np.ndarray:
+    """An RGB texture (H, W, 3) in [0, 1] of two random colours: stripes (0), checks (1) or noise (2)."""
     first, second = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
-    kind = rng.integers(3)
     period = rng.uniform(4, 12)
     angle = rng.uniform(0, np.pi)
     u = xs * np.cos(angle) + ys * np.sin(angle)
@@ -76,7 +76,7 @@ def render_shapes(seed: int, size: int = 128, max_shapes: int = 4) -> tuple[np.n
         radius = rng.uniform(size * 0.09, size * 0.2)
         cy, cx = rng.uniform(radius, size - radius), rng.uniform(radius, size - radius)
         inside = _shape_mask(kind, ys, xs, cy, cx, radius, rng.uniform(0, 2 * np.pi))
-        image[inside] = _texture(rng, ys, xs)[inside]
+        image[inside] = _texture(rng, ys, xs, kind - 1)[inside]
         mask[inside] = kind  # later shapes occlude earlier ones
     image = np.clip(image + rng.normal(0, 0.03, image.shape), 0, 1)
     return (image * 255).astype(np.uint8), mask

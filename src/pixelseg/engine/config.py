@@ -61,6 +61,7 @@ class DataConfig:
     rotate90: bool = False
     color_jitter: float = 0.0
     elastic_sigma: float = 0.0
+    repeats: int = 1  # the training set is seen this many times per epoch (fresh augmentation each time)
     batch_size: int = 8
     val_batch_size: int = 1
     num_workers: int = 0
