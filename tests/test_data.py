@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelseg.data import CamVid, ISBI2012, SegmentationFolder, Shapes
+from pixelseg.data import ISBI2012, CamVid, SegmentationFolder, Shapes
 from pixelseg.data.shapes import SHAPES_CLASSES
 from pixelseg.data.transforms import AugmentConfig, ElasticDeformation, training_transform
 from pixelseg.errors import PixelsegError
