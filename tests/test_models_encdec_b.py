@@ -228,3 +228,14 @@ def test_save_pretrained_round_trip_rebuilds_the_same_model(name: str, tmp_path)
 def test_model_learns_shapes_images_with_decreasing_loss(name: str) -> None:
     losses = shapes_training_losses(build(name, 4, 3))
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_benchmark_config_loads_with_the_typed_config_and_names_the_model(name: str) -> None:
+    from pathlib import Path
+
+    from pixelseg.engine.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "encdec_b" / f"isbi_{name}.yaml"
+    config = load_config(path)
+    assert config.model.name == name and config.data.name == "isbi2012" and config.train.threads == 1
