@@ -10,6 +10,9 @@ import torch
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
+# pytest-xdist runs one worker per core: one intra-op thread each avoids oversubscribing the cores.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads() -> None:
