@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import parameter_count
+from test_models_encdec_a import SMALL as SMALL_A
 from test_models_encdec_a import shapes_training_losses
 from torch import nn
 
@@ -239,3 +240,26 @@ def test_benchmark_config_loads_with_the_typed_config_and_names_the_model(name: 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "encdec_b" / f"isbi_{name}.yaml"
     config = load_config(path)
     assert config.model.name == name and config.data.name == "isbi2012" and config.train.threads == 1
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("gridnet", SMALL["gridnet"]),
+                                              ("unetplusplus", SMALL_A["unetplusplus"])])
+def test_pixelseg_trainer_trains_the_model_and_saves_a_loadable_best_model(name: str, kwargs: dict,
+                                                                           tmp_path) -> None:
+    """The trainer behind ``pixelseg train`` (UNet++: deep-supervision outputs in training)."""
+    import csv
+    import math
+
+    from pixelseg.engine.config import Config, DataConfig, ModelConfig, TrainConfig
+    from pixelseg.engine.train import train
+
+    config = Config(model=ModelConfig(name=name, kwargs=kwargs),
+                    data=DataConfig(name="shapes", num_samples=4, val_samples=2, image_size=32, batch_size=2),
+                    train=TrainConfig(epochs=2, out_dir=str(tmp_path / "run"), threads=1))
+    run_dir = train(config, quiet=True)
+    with open(run_dir / "log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and all(math.isfinite(float(row["train_loss"])) for row in rows)
+    model = pixelseg.from_pretrained(run_dir / "best").eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 37, 53)).shape == (1, 4, 37, 53)
