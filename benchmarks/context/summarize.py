@@ -22,10 +22,12 @@ def row(run: Path) -> str | None:
     config = yaml.safe_load((Path("benchmarks/context") / f"{run.name}.yaml").read_text())
     steps = config["train"]["epochs"] * config["train"]["max_steps_per_epoch"]
     times = dict(line.split(maxsplit=1) for line in (run / "times.txt").read_text().splitlines()) \
-        if (run / "times.txt").is_file() else {}
+        if (run / "times.txt").is_file() else {}  # the last evaluation's times
     plain = json.loads((run / "plain.json").read_text())
     tta = json.loads((run / "tta.json").read_text()) if (run / "tta.json").is_file() else None
-    cells = [run.name, config["model"].get("encoder") or "(paper's)", str(steps), times.get("train_s", "?")]
+    # training wall clock: from the run's config.yaml (written at the start) to best/ (after the last validation)
+    train_s = (run / "best" / "metrics.json").stat().st_mtime - (run / "config.yaml").stat().st_mtime
+    cells = [run.name, config["model"].get("encoder") or "(paper's)", str(steps), f"{train_s:.0f}"]
     for key in METRICS:
         cells.append(f"{plain[key]:.4f} / {tta[key]:.4f}" if tta else f"{plain[key]:.4f} / n/a")
     cells.append(f"{times.get('eval_plain_s', '?')} / {times.get('eval_tta_s', '?')}")
@@ -34,7 +36,8 @@ def row(run: Path) -> str | None:
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/context")
-    print("| model | encoder | steps (x8 crops) | train s | pixel acc. | mean acc. | mIoU | fwIoU | eval s |")
+    print("| model | encoder | steps (x8 crops) | train s | pixel acc. plain / TTA | mean acc. plain / TTA "
+          "| mIoU plain / TTA | fwIoU plain / TTA | eval s plain / TTA |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in ORDER:
         line = row(root / name)
