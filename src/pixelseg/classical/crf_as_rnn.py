@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .dense_crf import GaussianKernel, bilateral_features, softmax_rows, spatial_kernel
+from .dense_crf import GaussianKernel, bilateral_features, spatial_kernel
 
 
 class CRFasRNN(nn.Module):
@@ -50,7 +50,7 @@ class CRFasRNN(nn.Module):
             unary_logits = logits[index].reshape(classes, -1).T.contiguous()   # (N, K)
             current = unary_logits
             for _ in range(self.iterations):
-                q = softmax_rows(current)
+                q = torch.softmax(current, dim=1)
                 message = self.appearance_weight * appearance(q) + self.smoothness_weight * smoothness(q)
                 current = unary_logits - message @ self.compatibility.T
             refined.append(current.T.reshape(classes, height, width))

@@ -121,7 +121,7 @@ def mean_field(unary: Tensor, kernels: list[GaussianKernel], weights: list[float
     ``compatibility`` (C, C) is the label compatibility mu; ``None`` means Potts, mu = [l != l'].
     Each step: Q <- softmax(-U - mu . sum_m w_m k_m * Q), where ``*`` is the Gaussian filter.
     """
-    q = softmax_rows(-unary)
+    q = torch.softmax(-unary, dim=1)
     fixed = not isinstance(weights, Tensor)
     combined = WeightedKernelSum(kernels, list(weights), unary.dtype, unary.device) if fixed else None
     for _ in range(iterations):
@@ -133,14 +133,8 @@ def mean_field(unary: Tensor, kernels: list[GaussianKernel], weights: list[float
             logits = -unary + message
         else:
             logits = -unary - message @ compatibility.T
-        q = softmax_rows(logits)
+        q = torch.softmax(logits, dim=1)
     return q
-
-
-def softmax_rows(logits: Tensor) -> Tensor:
-    """Softmax over the last of (N, C); written out because ``torch.softmax`` is slow for small C."""
-    exponentials = torch.exp(logits - logits.amax(dim=1, keepdim=True))
-    return exponentials / exponentials.sum(dim=1, keepdim=True)
 
 
 @dataclass

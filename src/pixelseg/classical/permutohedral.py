@@ -59,20 +59,27 @@ class PermutohedralLattice:
         scaled_down = elevated * down_factor
         up = torch.ceil(scaled_down) * (d + 1)
         down = torch.floor(scaled_down) * (d + 1)
-        nearest = torch.where(up - elevated < elevated - down, up, down)
-        coordinate_sum = (nearest.round().long() // (d + 1)).sum(1, keepdim=True)
+        nearest = torch.where(up - elevated < elevated - down, up, down)   # exact integers in float32
+        coordinate_sum = (nearest.sum(1, keepdim=True) * down_factor).round()
 
-        # Rank of each remainder in decreasing order; ties go to the lower index (as the reference).
-        remainder = elevated - nearest
-        order = torch.sort(remainder, dim=1, descending=True, stable=True).indices
-        positions = torch.arange(d + 1, device=device).expand(num_points, -1)
-        rank = torch.empty_like(order).scatter_(1, order, positions) + coordinate_sum
-        nearest = nearest.round().long()
-        nearest = torch.where(rank < 0, nearest + d + 1, torch.where(rank > d, nearest - d - 1, nearest))
-        rank = torch.where(rank < 0, rank + d + 1, torch.where(rank > d, rank - d - 1, rank))
+        # Rank of each remainder in decreasing order, ties to the lower index (as the reference), by
+        # comparing the d+1 columns pairwise: cheaper than sorting many short rows.
+        columns = (elevated - nearest).T.contiguous()                   # (d+1, N) remainders
+        rank_t = torch.zeros(d + 1, num_points, device=device)
+        for i in range(d + 1):
+            for j in range(i + 1, d + 1):
+                i_first = columns[i] >= columns[j]
+                rank_t[j] += i_first
+                rank_t[i] += ~i_first
+        rank = rank_t.T + coordinate_sum
+        # Ranks outside 0..d wrap around, moving the nearest point by d+1 along that axis.
+        shift = ((rank < 0).to(torch.float32) - (rank > d).to(torch.float32)) * (d + 1)
+        rank = (rank + shift).long()
+        nearest = nearest + shift
 
         # Barycentric coordinates (p. 10 of Adams et al.).
-        contribution = (elevated - nearest.to(torch.float32)) * down_factor
+        contribution = (elevated - nearest) * down_factor
+        nearest = nearest.round().long()
         barycentric = torch.zeros(num_points, d + 2, device=device)
         barycentric.scatter_add_(1, d - rank, contribution)
         barycentric.scatter_add_(1, d - rank + 1, -contribution)
@@ -92,19 +99,44 @@ class PermutohedralLattice:
         for i in range(d - 2, -1, -1):
             stride[i] = stride[i + 1] * span[i + 1]
         base = ((nearest_keys - low) * stride).sum(1)
-        stride_of_rank = torch.zeros(num_points, d + 1, dtype=torch.long, device=device)
-        stride_of_rank.scatter_(1, rank, torch.cat([stride, stride.new_zeros(1)]).expand(num_points, -1))
-        suffix = stride_of_rank.flip(1).cumsum(1).flip(1)                # sum over ranks >= k
-        wrapped = torch.cat([suffix.new_zeros(num_points, 1), suffix[:, 1:].flip(1)], dim=1)
         total = stride.sum()
-        codes = base[:, None] + remainders_times(total, d, device) - (d + 1) * wrapped
-        sorted_codes, self._entries_by_vertex = torch.sort(codes.reshape(-1))
-        vertex_codes, vertex_of_sorted, self._entries_per_vertex = torch.unique_consecutive(
-            sorted_codes, return_inverse=True, return_counts=True)
-        vertex_of_entry = torch.empty_like(vertex_of_sorted).scatter_(0, self._entries_by_vertex,
-                                                                      vertex_of_sorted)
+
+        # Points with the same (nearest, rank) share their simplex: group them (a lexicographic
+        # sort of the N points) and find the vertices of each distinct simplex only once.
+        permutation_code = (rank * (d + 1) ** torch.arange(d + 1, device=device)).sum(1)
+        by_permutation = torch.sort(permutation_code, stable=True).indices
+        order = by_permutation[torch.sort(base[by_permutation], stable=True).indices]
+        sorted_base, sorted_permutation = base[order], permutation_code[order]
+        starts_group = torch.ones(num_points, dtype=torch.bool, device=device)
+        starts_group[1:] = (sorted_base[1:] != sorted_base[:-1]) | (sorted_permutation[1:] != sorted_permutation[:-1])
+        group_start = torch.nonzero(starts_group).squeeze(1)               # (S,) into ``order``
+        group_size = torch.diff(group_start, append=group_start.new_tensor([num_points]))
+        simplex_of_point = torch.empty_like(order).scatter_(0, order, starts_group.long().cumsum(0) - 1)
+
+        # Codes of the d+1 vertices of each simplex, from one point of it.
+        first = order[group_start]
+        simplices = first.shape[0]
+        stride_of_rank = torch.zeros(simplices, d + 1, dtype=torch.long, device=device)
+        stride_of_rank.scatter_(1, rank[first], torch.cat([stride, stride.new_zeros(1)]).expand(simplices, -1))
+        suffix = stride_of_rank.flip(1).cumsum(1).flip(1)                # sum over ranks >= k
+        wrapped = torch.cat([suffix.new_zeros(simplices, 1), suffix[:, 1:].flip(1)], dim=1)
+        codes = base[first, None] + remainders_times(total, d, device) - (d + 1) * wrapped
+        sorted_codes, slots_by_vertex = torch.sort(codes.reshape(-1))
+        vertex_codes, vertex_of_sorted = torch.unique_consecutive(sorted_codes, return_inverse=True)
+        vertex_of_slot = torch.empty_like(vertex_of_sorted).scatter_(0, slots_by_vertex, vertex_of_sorted)
         self.num_vertices = vertex_codes.shape[0]
-        self.offsets = (vertex_of_entry + 1).reshape(num_points, d + 1)   # 0 is the empty vertex
+        self.offsets = vertex_of_slot.reshape(simplices, d + 1)[simplex_of_point] + 1  # 0: the empty vertex
+
+        # The (point, vertex) entries grouped by vertex, for splatting: slot by slot in vertex order,
+        # the points of the slot's simplex (consecutive in ``order``).
+        slot_size = group_size[slots_by_vertex // (d + 1)]
+        slot_first = group_start[slots_by_vertex // (d + 1)]
+        shift = torch.repeat_interleave(slot_first - (slot_size.cumsum(0) - slot_size), slot_size)
+        position = shift + torch.arange(shift.shape[0], device=device)
+        axis = torch.repeat_interleave(slots_by_vertex % (d + 1), slot_size)
+        self._entries_by_vertex = order[position] * (d + 1) + axis
+        self._entries_per_vertex = torch.zeros(self.num_vertices, dtype=torch.long, device=device).index_add_(
+            0, vertex_of_slot, group_size.repeat_interleave(d + 1))
 
         # Neighbours along each of the d+1 lattice axes: all coordinates -1 and axis j +d (and mirrored).
         axis_shift = torch.cat([(d + 1) * stride, stride.new_zeros(1)])
