@@ -109,7 +109,8 @@ def _one_line(error: BaseException) -> str:
 def export_onnx(model: nn.Module, out: str | Path, *, in_channels: int, opset: int = OPSET, side: int = 64,
                 check_sizes: tuple[tuple[int, int], ...] = ((50, 70),), atol: float = 1e-4,
                 name: str = "model") -> ExportReport:
-    """Export ``model`` to ``out``; verified with ONNX Runtime against eager at ``check_sizes`` (``atol``)."""
+    """Export ``model`` to ``out``, verified with ONNX Runtime against eager at ``check_sizes``: the largest
+    difference must stay within ``atol`` times the largest logit (at least 1)."""
     import onnx
 
     out = Path(out)
@@ -140,7 +141,7 @@ def export_onnx(model: nn.Module, out: str | Path, *, in_channels: int, opset: i
             got = runner(images)
             diff = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
             report.max_abs_diff[f"{size[0]}x{size[1]}"] = diff
-            if not diff <= atol:
+            if not diff <= atol * max(1.0, float(expected.abs().max())):  # float32 error grows with the logits
                 raise PixelsegError(f"cannot export '{name}' to ONNX: at {size[0]}x{size[1]} ONNX Runtime differs "
                                     f"from PyTorch by {diff:.3g} (a shape-dependent Python branch was traced as "
                                     "a constant)")

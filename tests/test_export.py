@@ -1,0 +1,163 @@
+"""ONNX export of every registered model (small configurations), checked with onnx.checker and ONNX Runtime."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import pixelseg
+from pixelseg import cli
+from pixelseg.engine.export import OPSET, export_onnx, sample_size
+from pixelseg.engine.speedups import fold_batchnorm, optimize_for_inference
+from pixelseg.errors import PixelsegError
+
+# Small widths so that each export takes seconds (the defaults are the papers' networks).
+SMALL: dict[str, dict] = {
+    "danet": {"encoder": "test_resnet"},
+    "deconvnet": {"base_channels": 4, "fc_channels": 16},
+    "deeplabv1": {"fc_channels": 16},
+    "deeplabv2": {"encoder": "test_resnet"},
+    "deeplabv3": {"encoder": "test_resnet"},
+    "deeplabv3plus": {"encoder": "test_resnet"},
+    "fastfcn": {"encoder": "test_resnet", "jpu_width": 64},
+    "fc_densenet56": {"growth_rate": 3, "first_channels": 8, "dropout": 0.0},
+    "fc_densenet67": {"growth_rate": 2, "first_channels": 8, "dropout": 0.0},
+    "fc_densenet103": {"growth_rate": 2, "first_channels": 8, "dropout": 0.0},
+    "fpn": {"encoder": "resnet18", "pyramid_channels": 32, "segmentation_channels": 32},
+    "gridnet": {"channels": [4, 8, 16], "columns": 2},
+    "hmsa": {"trunk": "deeplabv3", "encoder": "test_resnet", "attention_channels": 8},
+    "linknet": {"encoder": "resnet18"},
+    "pspnet": {"encoder": "test_resnet"},
+    "segnet": {"base_channels": 4},
+    "sharpmask": {"encoder": "test_resnet", "channels": 8},
+    "ternausnet": {"base_channels": 4, "num_filters": 4},
+    "unet": {"base_channels": 4, "depth": 3},
+    "unet_baseline_zhou": {"filters": [4, 8, 16, 32, 64], "dropout": 0.0},
+    "unetplusplus": {"filters": [4, 8, 16, 32, 64], "dropout": 0.0},
+    "vnet": {"channels": [4, 8, 16], "down_convs": [1, 2, 2], "up_convs": [2, 1]},
+}
+# No small configuration: the VGG-16 FCNs (134M parameters) and HRNetV2 (fixed widths 18/48; W18 alone
+# takes ~50 s to export on the shared CPU).
+NOT_SMALL = {"fcn8s", "fcn16s", "fcn32s", "hrnetv2_w18", "hrnetv2_w48"}
+# What ONNX (opset 17, TorchScript exporter) cannot express, and the reason each refusal must name.
+REFUSED = {
+    "segnet": "max_unpool2d",
+    "deconvnet": "max_unpool2d",
+    "pspnet": "adaptive_avg_pool2d",
+    "hmsa": "__round__",  # its scales resize with round() on the traced size
+    "vnet": "",  # a 3-D network given a 2-D image batch
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_registered_model_has_a_small_configuration_or_is_named_as_too_large() -> None:
+    assert set(pixelseg.list_models()) == set(SMALL) | NOT_SMALL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_exported_graph_matches_eager_on_onnx_runtime_at_another_size(name: str, tmp_path: Path) -> None:
+    model = pixelseg.create_model(name, num_classes=3, in_channels=3, **SMALL[name]).eval()
+    path = tmp_path / f"{name}.onnx"
+    if name in REFUSED:
+        with pytest.raises(PixelsegError) as caught:
+            export_onnx(model, path, in_channels=3, name=name)
+        message = str(caught.value)
+        assert "\n" not in message and name in message and REFUSED[name] in message
+        assert not path.exists()
+        return
+    export_onnx(model, path, in_channels=3, name=name)
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    assert graph.opset_import[0].version == OPSET
+    dims = [d.dim_param for d in graph.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "", "height", "width"]
+    # An independent run at a size the exporter never saw (not a multiple of the strides).
+    size = sample_size(model, 41) if name == "unet" else (41, 57)
+    images = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        expected = pixelseg.models.base.main_logits(model(images))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"images": images.numpy()})
+    assert got.shape == tuple(expected.shape)
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(got.argmax(1), expected.argmax(1).numpy())
+
+
+def test_a_graph_that_only_works_at_the_traced_size_is_refused_with_the_difference(tmp_path: Path) -> None:
+    class SizeBranch(nn.Module):  # a Python branch on the input size: the tracer keeps one side
+        def forward(self, x):
+            return x * 2 if x.shape[-1] == 32 else x * 3
+
+    with pytest.raises(PixelsegError, match=r"at 50x70 ONNX Runtime differs from PyTorch by"):
+        export_onnx(SizeBranch(), tmp_path / "branch.onnx", in_channels=3, side=32)
+    assert not (tmp_path / "branch.onnx").exists()
+
+
+def _with_random_statistics(model: nn.Module) -> nn.Module:
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.2, generator=generator)
+            module.running_var.uniform_(0.5, 2.0, generator=generator)
+            module.weight.data.uniform_(0.5, 1.5, generator=generator)
+            module.bias.data.normal_(0, 0.2, generator=generator)
+    return model.eval()
+
+
+@torch.inference_mode()
+def test_batchnorm_folding_removes_every_conv_bn_pair_and_keeps_the_logits() -> None:
+    model = _with_random_statistics(pixelseg.create_model("unet", num_classes=3, encoder="resnet18"))
+    images = torch.randn(2, 3, 64, 96)
+    expected = model(images)
+    folded = copy.deepcopy(model)
+    count = fold_batchnorm(folded, images[:1, :, :32, :32])
+    batch_norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    # resnet18: 20 conv+bn pairs; decoder: 2 per block. Only the batch norms after ConvTranspose2d? none.
+    assert count == batch_norms
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert torch.allclose(folded(images), expected, atol=1e-4, rtol=0)
+
+
+@torch.inference_mode()
+def test_optimized_model_equals_eager_and_keeps_the_valid_geometry() -> None:
+    model = pixelseg.create_model("unet", num_classes=2, in_channels=1, base_channels=4, depth=2,
+                                  batch_norm=True)
+    model = _with_random_statistics(model)
+    example = torch.randn(1, 1, *sample_size(model, 24))
+    fast = optimize_for_inference(model, example)
+    assert fast.input_size_for((24, 24)) == model.input_size_for((24, 24))
+    images = torch.randn(2, 1, *sample_size(model, 40))
+    assert torch.allclose(fast(images), model(images), atol=1e-5, rtol=0)
+
+
+def test_export_command_writes_a_checked_graph_and_refuses_in_one_line(tmp_path: Path) -> None:
+    model = pixelseg.create_model("deeplabv3plus", num_classes=3, encoder="test_resnet")
+    model.save_pretrained(tmp_path / "model")
+    result = CliRunner().invoke(cli.app, ["export", str(tmp_path / "model"), "--format", "onnx",
+                                          "--out", str(tmp_path / "model.onnx")])
+    assert result.exit_code == 0, result.output
+    assert f"opset {OPSET}" in result.output
+    onnx.checker.check_model(str(tmp_path / "model.onnx"))
+    pixelseg.create_model("pspnet", num_classes=3, encoder="test_resnet").save_pretrained(tmp_path / "psp")
+    result = CliRunner().invoke(cli.app, ["export", str(tmp_path / "psp"), "--out", str(tmp_path / "psp.onnx")])
+    assert result.exit_code == 2 and "cannot export 'pspnet'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(cli.app, ["export", str(tmp_path / "model"), "--format", "tflite",
+                                          "--out", str(tmp_path / "m.tflite")])
+    assert result.exit_code == 2 and "unknown export format 'tflite'" in result.output
