@@ -12,6 +12,7 @@ from torch import nn
 
 import pixelseg
 from pixelseg.models.gridnet import ResidualUnit, SubsamplingUnit, TotalDropout, UpsamplingUnit
+from pixelseg.models.upsampling import BilinearUpsample, NearestUpsample, TransposedConvUpsample, Upsample
 
 
 @pytest.fixture(autouse=True)
@@ -117,14 +118,32 @@ def test_fpn_semantic_branch_upsamples_each_level_to_one_quarter() -> None:
         model = pixelseg.create_model("fpn", num_classes=19)
     stages = model.semantic.stages
     assert [len(stage) for stage in stages] == [1, 1, 2, 3]  # P2, P3, P4, P5
-    upsamplings = [sum(isinstance(m, nn.Upsample) for m in stage.modules()) for stage in stages]
+    upsamplings = [sum(isinstance(m, BilinearUpsample) for m in stage.modules()) for stage in stages]
     assert upsamplings == [0, 1, 2, 3]
+    assert all(isinstance(up, NearestUpsample) for up in model.pyramid.up)  # the top-down pathway
     for stage in stages:
         for block in stage:
             assert block[0].out_channels == 128 and isinstance(block[1], nn.GroupNorm)
             assert block[1].num_groups == 32
     assert all(conv.out_channels == 256 for conv in model.pyramid.lateral)
     assert model.semantic.classifier.kernel_size == (1, 1)
+
+
+@pytest.mark.parametrize("upsampling", ["transposed", "bed_of_nails"])
+def test_fpn_upsampling_operator_is_selectable_in_the_whole_decoder(upsampling: str) -> None:
+    model = pixelseg.create_model("fpn", num_classes=3, upsampling=upsampling, **SMALL["fpn"]).eval()
+    operators = [m for m in model.modules() if isinstance(m, Upsample)]
+    assert len(operators) == 3 + 6  # top-down pathway + semantic branch (1 + 2 + 3)
+    assert all(op.factor == 2 for op in operators)
+    if upsampling == "transposed":
+        assert all(isinstance(op, TransposedConvUpsample) for op in operators)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 37, 53)).shape == (1, 3, 37, 53)
+
+
+def test_fpn_rejects_max_unpooling_which_has_no_indices() -> None:
+    with pytest.raises(ValueError, match="indices"):
+        pixelseg.create_model("fpn", num_classes=3, upsampling="max_unpool", **SMALL["fpn"])
 
 
 def test_fpn_runs_on_other_timm_encoders() -> None:

@@ -13,6 +13,10 @@ repeated stages of 3x3 conv (128 channels) + GroupNorm (32 groups) + ReLU + 2x b
 elementwise, a 1x1 convolution gives the class logits, and a 4x bilinear upsampling returns to the input
 size. Any timm encoder with feature maps at strides 4, 8, 16 and 32 works (default ResNet-50, the paper's
 smallest backbone). Inputs are padded to a multiple of 32 and the logits cropped back.
+
+``upsampling`` names an operator of ``upsampling.py`` for every 2x upsampling of the decoder (top-down
+pathway and semantic branch); ``None`` keeps the paper's: nearest in the top-down pathway, bilinear in the
+semantic branch.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .base import SegmentationModel
 from .blocks import crop_to, pad_to_multiple
 from .encoders import TimmEncoder
 from .registry import register
+from .upsampling import check_upsampling, make_upsample
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
 
@@ -42,41 +47,46 @@ def pyramid_feature_indices(encoder: str, in_channels: int) -> tuple[int, ...]:
 
 
 class FeaturePyramid(nn.Module):
-    """Lateral 1x1 convs, top-down pathway (nearest 2x + add), 3x3 output convs: C2..C5 → P2..P5."""
+    """Lateral 1x1 convs, top-down pathway (2x upsampling, nearest in the paper, + add), 3x3 output convs:
+    C2..C5 → P2..P5."""
 
-    def __init__(self, in_channels: list[int], channels: int = 256) -> None:
+    def __init__(self, in_channels: list[int], channels: int = 256, upsampling: str = "nearest") -> None:
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
         self.output = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)
+        self.up = nn.ModuleList(make_upsample(upsampling, channels) for _ in in_channels[1:])
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         merged = [self.lateral[-1](features[-1])]
         for level in reversed(range(len(features) - 1)):
             lateral = self.lateral[level](features[level])
-            merged.insert(0, lateral + F.interpolate(merged[0], size=lateral.shape[-2:], mode="nearest"))
+            merged.insert(0, lateral + self.up[level](merged[0], output_size=tuple(lateral.shape[-2:])))
         return [conv(p) for conv, p in zip(self.output, merged, strict=True)]
 
 
 class ConvGnReluUp(nn.Sequential):
-    """3x3 conv (no bias) + GroupNorm + ReLU, then 2x bilinear upsampling if ``upsample``."""
+    """3x3 conv (no bias) + GroupNorm + ReLU, then 2x upsampling (bilinear in the paper) if ``upsample``."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, upsample: bool, groups: int = 32) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, upsample: bool, groups: int = 32,
+                 upsampling: str = "bilinear") -> None:
         layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
                                    nn.GroupNorm(groups, out_channels), nn.ReLU(inplace=True)]
         if upsample:
-            layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+            layers.append(make_upsample(upsampling, out_channels))
         super().__init__(*layers)
 
 
 class SemanticBranch(nn.Module):
     """Brings P2..P5 to 1/4 scale (conv-GN-ReLU-2x stages), sums them, 1x1 conv to the classes."""
 
-    def __init__(self, num_classes: int, pyramid_channels: int = 256, channels: int = 128) -> None:
+    def __init__(self, num_classes: int, pyramid_channels: int = 256, channels: int = 128,
+                 upsampling: str = "bilinear") -> None:
         super().__init__()
         stages = []
         for level in range(len(PYRAMID_STRIDES)):
             upsamplings = level  # P2: 0, P3: 1, P4: 2, P5: 3
-            blocks = [ConvGnReluUp(pyramid_channels if i == 0 else channels, channels, upsample=upsamplings > 0)
+            blocks = [ConvGnReluUp(pyramid_channels if i == 0 else channels, channels, upsample=upsamplings > 0,
+                                   upsampling=upsampling)
                       for i in range(max(1, upsamplings))]
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
@@ -98,13 +108,16 @@ class FPN(SegmentationModel):
 
     def __init__(self, num_classes: int, in_channels: int = 3, *, encoder: str = "resnet50",
                  encoder_weights: str | None = None, pyramid_channels: int = 256,
-                 segmentation_channels: int = 128) -> None:
+                 segmentation_channels: int = 128, upsampling: str | None = None) -> None:
         super().__init__()
+        if upsampling is not None and check_upsampling(upsampling) == "max_unpool":
+            raise ValueError("FPN's decoder has no max-pooling indices to unpool with; choose another upsampling")
         indices = pyramid_feature_indices(encoder, in_channels)
         self.encoder = TimmEncoder(encoder, in_channels=in_channels, weights=encoder_weights,
                                    out_indices=indices)
-        self.pyramid = FeaturePyramid(self.encoder.channels, pyramid_channels)
-        self.semantic = SemanticBranch(num_classes, pyramid_channels, segmentation_channels)
+        self.pyramid = FeaturePyramid(self.encoder.channels, pyramid_channels, upsampling or "nearest")
+        self.semantic = SemanticBranch(num_classes, pyramid_channels, segmentation_channels,
+                                       upsampling or "bilinear")
 
     def forward(self, x: Tensor) -> Tensor:
         x, size = pad_to_multiple(x, 32)
