@@ -400,3 +400,26 @@ def test_training_on_shapes_improves_iou(name: str) -> None:
         optimizer.step()
     after = mean_iou(model, images, masks, binary)
     assert after > before + 0.05, (before, after)
+
+
+def test_focal_without_focusing_or_alpha_is_cross_entropy() -> None:
+    logits, target = random_case()
+    assert_close(FocalLoss(gamma=0.0)(logits, target), F.cross_entropy(logits, target, ignore_index=IGNORE))
+
+
+def test_loss_terms_from_a_yaml_config_as_the_trainer_builds_them(tmp_path: Path) -> None:
+    from pixelseg.engine.config import load_config
+
+    config_path = tmp_path / "experiment.yaml"
+    config_path.write_text(
+        "loss:\n"
+        "  - {name: cross_entropy, weight: 1.0, params: {class_weights: [1, 2, 2, 2], normalization: pixels}}\n"
+        "  - name: region_boundary\n"
+        "    weight: 0.5\n"
+        "    params: {region: {name: dice, generalized: true}, alpha_step: 0.01, steps_per_epoch: 10}\n")
+    config = load_config(config_path)
+    loss = build_loss([{"name": t.name, "weight": t.weight, **t.params} for t in config.loss])
+    logits, target = random_case(classes=4, size=8)
+    expected = ce_reference(logits, target, torch.tensor([1.0, 2, 2, 2]), True) + 0.5 * DiceLoss(
+        generalized=True)(logits, target)  # α = 1 in the first epoch: the region loss alone
+    assert_close(loss(logits, target), expected)
