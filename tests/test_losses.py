@@ -119,6 +119,14 @@ REFERENCES: dict[str, tuple[Callable[[], nn.Module], Callable[[Tensor, Tensor], 
     "lovasz_softmax_image_smp": (lambda: LovaszSoftmaxLoss(per_image=True),
                                  lambda x, y: smp.losses.LovaszLoss("multiclass", per_image=True,
                                                                     ignore_index=IGNORE)(x, y)),
+    "jaccard_monai_tversky_1_1": (lambda: JaccardLoss(smooth=1.0),  # Tversky with α = β = 1 is Jaccard
+                                  lambda x, y: MonaiTversky(softmax=True, to_onehot_y=True, batch=True, alpha=1.0,
+                                                            beta=1.0, smooth_nr=1.0,
+                                                            smooth_dr=1.0)(*flat_valid(x, y))),
+    "bce_one_vs_rest_torch": (lambda: LOSSES["bce"](),
+                              lambda x, y: F.binary_cross_entropy_with_logits(
+                                  flat_valid(x, y)[0][0].T,
+                                  F.one_hot(flat_valid(x, y)[1].reshape(-1), x.shape[1]).float())),
     "cross_entropy_weighted": (lambda: CrossEntropyLoss(class_weights=[0.5, 2.0, 1.0, 3.0][:4]),
                                lambda x, y: ce_reference(x, y, torch.tensor([0.5, 2.0, 1.0, 3.0]), False)),
     "cross_entropy_mmseg": (lambda: CrossEntropyLoss(class_weights=[0.5, 2.0, 1.0, 3.0], normalization="pixels"),
@@ -295,6 +303,26 @@ def test_boundary_loss_matches_the_definition_and_skips_ignored_pixels() -> None
             total += float((probs[b, c] * phi)[valid[b]].sum())
     expected = total / (2 * int(valid.sum()))
     assert_close(BoundaryLoss()(logits, target), torch.tensor(expected))
+
+
+def test_boundary_loss_on_camvid_masks_matches_brute_force_distances(camvid_root: Path) -> None:
+    logits, target = camvid_case(camvid_root, size=16)
+    probs = logits.softmax(1)
+    valid = target != IGNORE
+    total = 0.0
+    for b in range(len(target)):
+        for c in range(1, 11):
+            phi = torch.from_numpy(brute_force_signed_distance((target[b] == c).numpy())).float()
+            total += float((probs[b, c] * phi)[valid[b]].sum())
+    assert_close(BoundaryLoss()(logits, target), torch.tensor(total / (10 * int(valid.sum()))))
+
+
+def test_lovasz_softmax_all_classes_equals_present_when_all_occur_and_differs_otherwise() -> None:
+    logits, target = random_case()
+    assert_close(LovaszSoftmaxLoss(classes="all")(logits, target), LovaszSoftmaxLoss()(logits, target))
+    target[target == 3] = 0
+    assert abs(float(LovaszSoftmaxLoss(classes="all")(logits, target)) -
+               float(LovaszSoftmaxLoss()(logits, target))) > 1e-3
 
 
 def test_region_boundary_schedule_counts_steps_not_auxiliary_calls() -> None:
