@@ -43,7 +43,7 @@ def test_kmeans_sweep_writes_one_label_map_and_overlay_per_k(app: typer.Typer, i
         assert Image.open(out / f"scene_kmeans_k{k}_overlay.png").size == (48, 40)
 
 
-@pytest.mark.parametrize("method", ["slic", "meanshift", "grabcut", "graphcut"])
+@pytest.mark.parametrize("method", ["slic", "dpgmm", "meanshift", "grabcut", "graphcut"])
 def test_segment_runs_every_method(app: typer.Typer, image_file: Path, tmp_path: Path, method: str) -> None:
     scribbles = np.zeros((40, 48), dtype=np.uint8)
     scribbles[18:22, 34:40] = 1
@@ -77,3 +77,8 @@ def test_bad_arguments_give_one_clear_line(app: typer.Typer, image_file: Path, t
     assert wrong.exit_code == 2
     assert f"{small}: scribbles are 5x5 but the image is 48x40" in wrong.output
     assert "Traceback" not in wrong.output
+    box = runner.invoke(app, ["segment", str(image_file), "--method", "grabcut", "--box", "0,0,90,10",
+                              "--out", str(tmp_path)])
+    assert box.exit_code == 2 and "box (0, 0, 90, 10) is not inside the 48x40 image" in box.output
+    missing = runner.invoke(app, ["segment", str(tmp_path / "nope.png"), "--out", str(tmp_path)])
+    assert missing.exit_code == 2 and "nope.png: no such image file" in missing.output

@@ -129,6 +129,18 @@ def test_permutohedral_filter_approximates_an_exact_gaussian_filter() -> None:
     assert relative < 0.05
 
 
+def test_permutohedral_filter_gradient_is_its_transpose() -> None:
+    generator = torch.Generator().manual_seed(5)
+    lattice = PermutohedralLattice(torch.rand(300, 5, generator=generator) * 3.0)
+    values = torch.rand(300, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(300, 4, generator=generator, dtype=torch.float64)
+    (lattice.filter(values) * weights).sum().backward()
+    dense = torch.stack([lattice.filter(column[:, None].double())[:, 0].detach()
+                         for column in torch.eye(300, dtype=torch.float64)], dim=1)   # (300, 300) matrix
+    assert not torch.allclose(dense, dense.T, atol=1e-3)  # the axis blurs do not commute: not symmetric
+    assert torch.allclose(values.grad, dense.T @ weights, atol=1e-10)
+
+
 def test_dense_crf_is_differentiable_in_the_unaries() -> None:
     generator = torch.Generator().manual_seed(2)
     image = (torch.rand(3, 4, 3, generator=generator) * 255).to(torch.uint8)

@@ -161,9 +161,16 @@ class PermutohedralLattice:
         """Gaussian-filter ``values`` (N, C) over the lattice: splat, blur, slice. Differentiable."""
         if values.dim() != 2 or values.shape[0] != self.num_points:
             raise ValueError(f"values must be ({self.num_points}, C), got shape {tuple(values.shape)}")
+        if torch.is_grad_enabled() and values.requires_grad:
+            return _LatticeFilter.apply(values, self)
+        return self._apply(values)
+
+    def _apply(self, values: Tensor, reverse: bool = False) -> Tensor:
+        """The filter, or with ``reverse`` its transpose: the splatting matrix is the transpose of the
+        slicing one and each axis blur is symmetric, so the transpose blurs the axes in reverse order."""
         splat, slice_ = self._sparse_operators(values.dtype, values.device)
         lattice = splat @ values                                          # (M+1, C)
-        for axis in range(self.dim + 1):
+        for axis in reversed(range(self.dim + 1)) if reverse else range(self.dim + 1):
             lattice = lattice + 0.5 * (lattice.index_select(0, self.neighbours[axis, 0])
                                        + lattice.index_select(0, self.neighbours[axis, 1]))
         return (slice_ @ lattice) * self.alpha
@@ -188,6 +195,20 @@ class PermutohedralLattice:
             self._operators = (splat, slice_)
             self._operators_key = key
         return self._operators
+
+
+class _LatticeFilter(torch.autograd.Function):
+    """The lattice filter as a linear map whose backward pass is its transpose (no sparse transposes)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, values: Tensor, lattice: PermutohedralLattice
+                ) -> Tensor:
+        ctx.lattice = lattice  # type: ignore[attr-defined]
+        return lattice._apply(values)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        return ctx.lattice._apply(grad.contiguous(), reverse=True), None  # type: ignore[attr-defined]
 
 
 def remainders_times(total: Tensor, d: int, device: torch.device) -> Tensor:
