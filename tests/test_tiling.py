@@ -14,6 +14,7 @@ import pixelseg
 from pixelseg.engine.forward import forward_whole
 from pixelseg.engine.tiling import (
     blend_window,
+    class_map,
     has_valid_convolutions,
     overlap_tile_logits,
     sliding_window_logits,
@@ -147,3 +148,10 @@ def test_streaming_an_unreadable_tiff_names_the_file(tmp_path) -> None:
     (tmp_path / "bad.tif").write_bytes(b"not a tiff")
     with pytest.raises(PixelsegError, match="bad.tif"):
         stream_predict(three_convs(), tmp_path / "bad.tif", tmp_path / "out.tif", mean=[0.0], std=[1.0], tile=16)
+
+
+def test_class_map_is_argmax_over_classes_with_first_class_on_ties() -> None:
+    logits = torch.randn(4, 30, 40)
+    logits[:, :3, :3] = 0.5  # ties everywhere in this corner: class 0, as argmax
+    logits[2, 10:12, 10:12] = logits[1, 10:12, 10:12] = 9.0  # a tie between classes 1 and 2
+    assert torch.equal(class_map(logits), logits.argmax(0).to(torch.uint8))

@@ -71,13 +71,15 @@ def fold_batchnorm(model: nn.Module, example: Tensor) -> int:
     if model.training:
         raise PixelsegError("batch-norm folding needs an eval-mode model (call model.eval())")
     pairs = _conv_bn_pairs(model, example)
-    for _conv_name, conv, bn_name, bn in pairs:
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(
-            bn.running_var + bn.eps)
-        shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        conv.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift)
+    for _conv_name, conv, bn_name, bn in pairs:  # folded in float64, rounded once to the conv's dtype
+        mean, var = bn.running_mean.double(), bn.running_var.double()
+        scale = 1 / torch.sqrt(var + bn.eps)
+        shift = torch.zeros_like(mean)
+        if bn.affine:
+            scale, shift = scale * bn.weight.double(), bn.bias.double()
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(mean)
+        conv.weight.copy_(conv.weight.double() * scale.reshape(-1, 1, 1, 1))
+        conv.bias = nn.Parameter(((bias - mean) * scale + shift).to(conv.weight.dtype))
         _set_submodule(model, bn_name, nn.Identity())
     return len(pairs)
 
@@ -113,7 +115,8 @@ def optimize_for_inference(model: nn.Module, example: Tensor, *, fold_bn: bool =
         fold_batchnorm(fast, example)
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
-    compiled = torch.compile(fast, dynamic=True) if compile else None
+    # Inductor "freezing" folds the (now constant) weights into the graph and pre-packs them for oneDNN.
+    compiled = torch.compile(fast, options={"freezing": True}) if compile else None
     optimised = InferenceModel(fast, channels_last=channels_last, compiled=compiled).eval()
     with torch.inference_mode():
         got = optimised(example)

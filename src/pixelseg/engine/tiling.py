@@ -181,6 +181,17 @@ def tiled_logits(model: Model, images: Tensor, *, tile: int, overlap: int = 64, 
     return sliding_window_logits(model, images, tile=tile, overlap=overlap, batch=batch, blend=blend, align=align)
 
 
+def class_map(logits: Tensor) -> Tensor:
+    """``argmax`` over the classes of ``(K, H, W)`` logits as uint8, one pass per class (ties: the first
+    class, like ``argmax``); several times faster than ``argmax(0)``, which reduces across planes on CPU."""
+    best, labels = logits[0].clone(), torch.zeros(logits.shape[1:], dtype=torch.uint8, device=logits.device)
+    for k in range(1, logits.shape[0]):
+        better = logits[k] > best
+        labels[better] = k
+        torch.maximum(best, logits[k], out=best)
+    return labels
+
+
 # ---- streaming --------------------------------------------------------------------------------------
 class WindowReader(Protocol):
     """An image read one rectangle at a time; ``shape`` is ``(H, W)``."""
@@ -323,9 +334,8 @@ def stream_predict(model: Model, source: str | Path, out: str | Path, *, mean: S
         forward_seconds += time.perf_counter() - tick
         count += 1
         h, w = min(tile, height - y), min(tile, width - x)
-        labels = logits[0, :, offset[0]:offset[0] + h, offset[1]:offset[1] + w].argmax(0).to(torch.uint8)
         block = np.zeros((tile, tile), dtype=np.uint8)  # TIFF tiles are full-size, padded at the border
-        block[:h, :w] = labels.cpu().numpy()
+        block[:h, :w] = class_map(logits[0, :, offset[0]:offset[0] + h, offset[1]:offset[1] + w]).cpu().numpy()
         return block
 
     def tiles() -> Iterator[np.ndarray]:
