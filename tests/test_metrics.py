@@ -100,6 +100,20 @@ def test_scores_equal_torchmetrics_and_sklearn_on_random_labels(case) -> None:
     check_against_references(prediction, target, n)
 
 
+def test_macro_accuracy_equals_torchmetrics_when_every_class_occurs() -> None:
+    generator = torch.Generator().manual_seed(3)
+    target = torch.randint(0, 6, (2, 20, 20), generator=generator)
+    target[torch.rand(target.shape, generator=generator) < 0.1] = IGNORE
+    prediction = torch.where(torch.rand(target.shape, generator=generator) < 0.5, target.clamp(max=5),
+                             torch.randint(0, 6, target.shape, generator=generator))
+    assert all((target == c).any() for c in range(6))
+    check_against_references(prediction, target, 6)
+    matrix = ConfusionMatrix(6)
+    matrix.update(prediction, target)
+    accuracy = MulticlassAccuracy(num_classes=6, average="macro", ignore_index=IGNORE)
+    assert matrix.mean_pixel_accuracy() == pytest.approx(float(accuracy(prediction, target)), abs=1e-7)
+
+
 def camvid_masks(root: Path, count: int = 3, size: tuple[int, int] = (120, 90)) -> torch.Tensor:
     masks = []
     for name in sorted((root / "valannot").glob("*.png"))[:count]:
