@@ -91,7 +91,7 @@ class InferenceModel(nn.Module):
                  compiled: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__()
         self.model, self.channels_last = model, channels_last
-        self.run = compiled or model
+        self.run = model if compiled is None else compiled
         if hasattr(model, "input_size_for"):
             self.input_size_for = model.input_size_for
 
