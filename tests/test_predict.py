@@ -22,12 +22,7 @@ from pixelseg.errors import PixelsegError
 PALETTE = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def saved_model(directory: Path, name: str, in_channels: int, **kwargs) -> Path:

@@ -24,13 +24,7 @@ from pixelseg.engine.tiling import (
 )
 from pixelseg.errors import PixelsegError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def small_valid_unet(in_channels: int = 1) -> nn.Module:
