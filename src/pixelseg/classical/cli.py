@@ -8,11 +8,8 @@ image). Bad input ends in one line naming the file and the problem.
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -20,21 +17,6 @@ import typer
 from ..errors import PixelsegError, closest
 
 METHODS = ("kmeans", "slic", "dpgmm", "meanshift", "graphcut", "grabcut")
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def one_line_errors(command: F) -> F:
-    """A ``PixelsegError`` becomes one line on stderr and exit code 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except PixelsegError as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise typer.Exit(code=2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -166,9 +148,10 @@ def split_sweep(images: list[Path], ks: list[int]) -> tuple[list[Path], list[int
 
 def register(app: typer.Typer) -> None:
     """Add ``segment`` and ``kmeans`` to the ``pixelseg`` command."""
+    from ..cli import friendly  # PixelsegError -> one line on stderr, exit code 2
 
     @app.command()
-    @one_line_errors
+    @friendly
     def segment(images: Annotated[list[Path], typer.Argument(help="input images")],
                 method: Annotated[str, typer.Option(help="|".join(METHODS))] = "kmeans",
                 out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("segments"),
@@ -187,7 +170,7 @@ def register(app: typer.Typer) -> None:
         print(f"{len(written) // 2} segmentations written to {out_dir}")
 
     @app.command("kmeans")
-    @one_line_errors
+    @friendly
     def kmeans_command(images: Annotated[list[Path], typer.Argument(help="input images")],
                        k: Annotated[list[int], typer.Option("--k", help="K values of the sweep")],
                        out_dir: Annotated[Path, typer.Option("--out")] = Path("segments"),
