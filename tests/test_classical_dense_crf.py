@@ -98,8 +98,10 @@ def test_dense_crf_agrees_with_pydensecrf_on_camvid_test_images(camvid_root: Pat
     config = DenseCRFConfig()
     for index in (0, 120):
         image, unary = camvid_unary(camvid_root, camvid_network, index)
-        ours = dense_crf(unary, image, config).argmax(0).numpy()
-        reference = pydensecrf_marginals(unary, image, config).argmax(0)
+        marginals = dense_crf(unary, image, config).numpy()
+        reference_marginals = pydensecrf_marginals(unary, image, config)
+        assert np.abs(marginals - reference_marginals).max() < 1e-4
+        ours, reference = marginals.argmax(0), reference_marginals.argmax(0)
         unary_labels = unary.argmin(0).numpy()
         assert (ours == reference).mean() >= 0.99
         assert (reference != unary_labels).mean() > 0.01  # the CRF really changed the labelling
