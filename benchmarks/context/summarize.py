@@ -13,7 +13,7 @@ import yaml
 
 METRICS = ("pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "frequency_weighted_iou")
 ORDER = ("deeplabv1", "deeplabv2", "deeplabv3", "deeplabv3plus", "pspnet", "fastfcn", "hrnetv2_w18", "danet",
-         "sharpmask", "hmsa")
+         "sharpmask", "sharpmask_c128", "hmsa")
 
 
 def row(run: Path) -> str | None:
@@ -34,6 +34,13 @@ def row(run: Path) -> str | None:
     return "| " + " | ".join(cells) + " |"
 
 
+def flip_row(run: Path) -> str | None:
+    if not (run / "tta_flip.json").is_file():
+        return None
+    scores = json.loads((run / "tta_flip.json").read_text())
+    return "| " + " | ".join([run.name] + [f"{scores[key]:.4f}" for key in METRICS]) + " |"
+
+
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/context")
     print("| model | encoder | steps (x8 crops) | train s | pixel acc. plain / TTA | mean acc. plain / TTA "
@@ -41,6 +48,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for name in ORDER:
         line = row(root / name)
+        if line:
+            print(line)
+    print("\nWith the flip too (--tta-scales 0.75,1,1.25 --tta-flip):\n")
+    print("| model | pixel acc. | mean acc. | mIoU | fwIoU |")
+    print("|---|---|---|---|---|")
+    for name in ORDER:
+        line = flip_row(root / name)
         if line:
             print(line)
 
