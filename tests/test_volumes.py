@@ -74,8 +74,8 @@ def test_vnet_output_has_the_volume_size(size: tuple[int, int, int]) -> None:
 
 
 def test_vnet_paper_configuration_runs_at_an_odd_size() -> None:
-    model = pixelseg.create_model("vnet", num_classes=2, in_channels=1).eval()
-    with torch.no_grad():
+    with torch.device("meta"):  # shapes only: the 65M-parameter network is not computed
+        model = pixelseg.create_model("vnet", num_classes=2, in_channels=1).eval()
         assert model(torch.randn(1, 1, 9, 18, 17)).shape == (1, 2, 9, 18, 17)
 
 
