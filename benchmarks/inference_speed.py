@@ -51,6 +51,7 @@ def calibrated(model: nn.Module, passes: int = 3) -> nn.Module:
 
 
 def peers() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
     return {"Unet/resnet34": smp.Unet("resnet34", encoder_weights=None, classes=2),
             "DeepLabV3Plus/resnet50": smp.DeepLabV3Plus("resnet50", encoder_weights=None, classes=2)}
 
