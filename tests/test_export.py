@@ -53,6 +53,7 @@ REFUSED = {
     "deconvnet": "max_unpool2d",
     "pspnet": "adaptive_avg_pool2d",
     "hmsa": "__round__",  # its scales resize with round() on the traced size
+    "fpn": "ONNX Runtime fails",  # upsampling.py's int(output_size) freezes the traced size; caught at 97x45
     "vnet": "",  # a 3-D network given a 2-D image batch
 }
 
@@ -97,9 +98,9 @@ def test_exported_graph_matches_eager_on_onnx_runtime_at_another_size(name: str,
 def test_a_graph_that_only_works_at_the_traced_size_is_refused_with_the_difference(tmp_path: Path) -> None:
     class SizeBranch(nn.Module):  # a Python branch on the input size: the tracer keeps one side
         def forward(self, x):
-            return x * 2 if x.shape[-1] == 32 else x * 3
+            return x * 2 if x.shape[-1] % 16 == 0 else x * 3
 
-    with pytest.raises(PixelsegError, match=r"at 50x70 ONNX Runtime differs from PyTorch by"):
+    with pytest.raises(PixelsegError, match=r"at 97x45 ONNX Runtime differs from PyTorch by"):
         export_onnx(SizeBranch(), tmp_path / "branch.onnx", in_channels=3, side=32)
     assert not (tmp_path / "branch.onnx").exists()
 
