@@ -90,7 +90,7 @@ def main() -> None:
             print(f"  {name}: torch.compile built in {time.perf_counter() - tick:.0f} s")
             paths["pixelseg eager + torch.compile"] = compiled
         onnx_path = work / f"{name.replace('/', '_')}.onnx"
-        export_onnx(copy.deepcopy(baseline), onnx_path, in_channels=3, name=name, check_sizes=((64, 96),))
+        export_onnx(copy.deepcopy(baseline), onnx_path, in_channels=3, name=name, check_sizes=((96, 160),))
         paths["onnxruntime (pixelseg export)"] = OnnxRuntimeModel(onnx_path, threads=args.threads)
         for label, run in paths.items():  # equality first, and warm-up
             with torch.inference_mode():
