@@ -149,3 +149,30 @@ def test_class_map_is_argmax_over_classes_with_first_class_on_ties() -> None:
     logits[:, :3, :3] = 0.5  # ties everywhere in this corner: class 0, as argmax
     logits[2, 10:12, 10:12] = logits[1, 10:12, 10:12] = 9.0  # a tie between classes 1 and 2
     assert torch.equal(class_map(logits), logits.argmax(0).to(torch.uint8))
+
+
+@torch.inference_mode()
+def test_streaming_reads_one_window_at_a_time(tmp_path, monkeypatch) -> None:
+    from pixelseg.engine import tiling
+
+    pixels = np.random.default_rng(2).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    _write_tiled_tiff(tmp_path / "scene.tif", pixels)
+    areas: list[int] = []
+    open_real = tiling.open_windows
+
+    def recording(path, mode):
+        reader = open_real(path, mode)
+        read = reader.read
+
+        def read_and_record(top, bottom, left, right):
+            areas.append((bottom - top) * (right - left))
+            return read(top, bottom, left, right)
+
+        reader.read = read_and_record
+        return reader
+
+    monkeypatch.setattr(tiling, "open_windows", recording)
+    net = nn.Conv2d(3, 2, 3, padding=1).eval()
+    stream_predict(net, tmp_path / "scene.tif", tmp_path / "labels.tif", mean=[0.5] * 3, std=[0.5] * 3, tile=32,
+                   context=4)
+    assert len(areas) == 3 * 4 and max(areas) <= (32 + 2 * 4) ** 2  # never more than one tile and its context
