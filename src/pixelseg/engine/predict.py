@@ -113,23 +113,25 @@ class InferenceOptions:
             raise PixelsegError("--stream does not combine with test-time augmentation")
 
 
-def onnx_graph_for(model: torch.nn.Module, model_dir: Path) -> Path:
-    """``model.onnx`` next to the saved model (as ``pixelseg export`` writes it), else a fresh export."""
-    from .export import export_onnx
+def onnx_runner(model: torch.nn.Module, model_dir: Path, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ONNX Runtime on ``model.onnx`` next to the saved model (as ``pixelseg export`` writes it), else on a
+    fresh export in a temporary folder (removed once the session has loaded it)."""
+    from .export import OnnxRuntimeModel, export_onnx
 
     saved = model_dir / "model.onnx"
     if saved.is_file():
-        return saved
-    target = Path(tempfile.mkdtemp(prefix="pixelseg-onnx-")) / "model.onnx"
-    export_onnx(model, target, in_channels=model.pixelseg_config.get("in_channels", 3),
-                name=model.pixelseg_config.get("name", str(model_dir)))
-    return target
+        return OnnxRuntimeModel(saved, threads=threads, geometry=model)
+    with tempfile.TemporaryDirectory(prefix="pixelseg-onnx-") as folder:
+        target = Path(folder) / "model.onnx"
+        export_onnx(model, target, in_channels=model.pixelseg_config.get("in_channels", 3),
+                    name=model.pixelseg_config.get("name", str(model_dir)))
+        return OnnxRuntimeModel(target, threads=threads, geometry=model)
 
 
 def build_runner(model: torch.nn.Module, model_dir: Path, options: InferenceOptions,
                  device: str = "cpu") -> torch.nn.Module | Callable[[torch.Tensor], torch.Tensor]:
     """The callable that maps an image batch to logits: eager, optimised eager or ONNX Runtime (+ TTA)."""
-    from .export import OnnxRuntimeModel, sample_size
+    from .export import sample_size
     from .speedups import optimize_for_inference
     from .tta import TestTimeAugmented, check_scales
 
@@ -137,7 +139,7 @@ def build_runner(model: torch.nn.Module, model_dir: Path, options: InferenceOpti
         torch.set_num_threads(options.threads)
     runner: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor] = model
     if options.backend == "onnxruntime":
-        runner = OnnxRuntimeModel(onnx_graph_for(model, model_dir), threads=options.threads, geometry=model)
+        runner = onnx_runner(model, model_dir, options.threads)
     elif options.optimize or options.compile:
         in_channels = model.pixelseg_config.get("in_channels", 3)
         example = torch.randn(1, in_channels, *sample_size(model, 64), device=device)
