@@ -8,7 +8,7 @@ set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 DATA=/tmp/pixelseg_camvid_quarter
 [ -d "$DATA/train" ] || .venv/bin/python benchmarks/context/camvid_reduced.py --factor 4 --out "$DATA"
-MODELS=${*:-deeplabv3plus deeplabv3 sharpmask fastfcn pspnet danet hrnetv2_w18 deeplabv2 hmsa deeplabv1}
+MODELS=${*:-deeplabv3plus deeplabv3 sharpmask fastfcn pspnet danet hrnetv2_w18 deeplabv2 hmsa deeplabv1 sharpmask_c128}
 for model in $MODELS; do
   run=runs/context/$model
   start=$(date +%s)
