@@ -106,3 +106,12 @@ def test_models_train_with_decreasing_loss(name: str, kwargs: dict, size: tuple[
     losses = losses_over_steps(model, in_channels=1, num_classes=2, size=size, steps=6,
                                lr=1e-4 if name.startswith("fcn") else 1e-3)
     assert losses[-1] < losses[0]
+
+
+def test_valid_unet_refuses_an_input_that_does_not_fit_in_one_line() -> None:
+    from pixelseg.errors import PixelsegError
+
+    model = pixelseg.create_model("unet", num_classes=2, in_channels=1)
+    with pytest.raises(PixelsegError, match=r"input side 64 .* 188 \+ 16k"):
+        model(torch.zeros(1, 1, 64, 64))
+    assert model(torch.zeros(1, 1, 188, 204)).shape[-2:] == (4, 20)

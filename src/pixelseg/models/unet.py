@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..errors import PixelsegError
 from .base import SegmentationModel
 from .blocks import center_crop_to, crop_to, pad_to_multiple
 from .encoders import TimmEncoder
@@ -76,6 +77,9 @@ class UNet(SegmentationModel):
     def forward(self, x: Tensor) -> Tensor:
         if self.padding == "same":
             x, size = pad_to_multiple(x, 2**self.depth, mode="reflect" if min(x.shape[-2:]) > 1 else "constant")
+        elif not torch.jit.is_tracing():
+            for side in x.shape[-2:]:
+                self.output_size(int(side))
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(self.pool(skips[-1])))
@@ -92,13 +96,16 @@ class UNet(SegmentationModel):
         for _ in range(self.depth):
             size -= 4
             if size <= 0 or size % 2:
-                raise ValueError(f"input side {input_size} does not fit a valid U-Net of depth {self.depth}")
+                smallest = self._input_side_for(1)
+                raise PixelsegError(f"input side {input_size} does not fit a valid U-Net of depth {self.depth} "
+                                    f"(sides of the form {smallest} + {2**self.depth}k fit; or use padding='same')")
             size //= 2
         size -= 4
         for _ in range(self.depth):
             size = size * 2 - 4
         if size <= 0:
-            raise ValueError(f"input side {input_size} is too small for a valid U-Net")
+            raise PixelsegError(f"input side {input_size} is too small for a valid U-Net "
+                                f"(at least {self._input_side_for(1)})")
         return size
 
     def _input_side_for(self, output_side: int) -> int:
