@@ -217,3 +217,26 @@ def test_cli_train_evaluate_predict_and_models(tmp_path: Path) -> None:
     assert result.exit_code == 0
     rows = {row["name"]: row for row in __import__("json").loads(result.output)}
     assert rows["fcn8s"]["paper"] and rows["unet"]["parameters"].endswith("M")
+
+
+def test_scheduled_losses_follow_the_epoch_across_resume(tmp_path: Path) -> None:
+    loss = [{"name": "region_boundary", "params": {"alpha_start": 1.0, "alpha_step": 0.25, "alpha_min": 0.0}}]
+    values = {**TINY, "loss": loss, "train": {**TINY["train"], "epochs": 1, "out_dir": str(tmp_path / "sched")}}
+    path = tmp_path / "sched.yaml"
+    path.write_text(yaml.safe_dump(values))
+    seen: list[float] = []
+    from pixelseg.losses import RegionBoundaryLoss
+
+    original = RegionBoundaryLoss.forward
+
+    def record(self, logits, target):
+        seen.append(self.alpha)
+        return original(self, logits, target)
+
+    RegionBoundaryLoss.forward = record
+    try:
+        train(load_config(path), quiet=True)
+        train(load_config(path, ["train.epochs=3"]), resume=True, quiet=True)
+    finally:
+        RegionBoundaryLoss.forward = original
+    assert seen == [1.0, 1.0, 0.75, 0.75, 0.5, 0.5]  # 2 steps per epoch; epoch 2 starts after the resume

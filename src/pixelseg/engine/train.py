@@ -196,6 +196,9 @@ def train(config: Config, *, resume: bool = False, quiet: bool = False) -> Path:
     with progress:
         for epoch in range(start_epoch, config.train.epochs):
             torch.manual_seed(config.train.seed * 100_003 + epoch)
+            for term in criterion.modules():  # scheduled losses (e.g. region_boundary) follow the epoch
+                if hasattr(term, "set_epoch"):
+                    term.set_epoch(epoch)
             generator = torch.Generator().manual_seed(config.train.seed * 100_003 + epoch)
             loader = DataLoader(train_set, batch_size=config.data.batch_size, shuffle=True, drop_last=False,
                                 num_workers=config.data.num_workers, generator=generator)
