@@ -240,3 +240,14 @@ def test_scheduled_losses_follow_the_epoch_across_resume(tmp_path: Path) -> None
     finally:
         RegionBoundaryLoss.forward = original
     assert seen == [1.0, 1.0, 0.75, 0.75, 0.5, 0.5]  # 2 steps per epoch; epoch 2 starts after the resume
+
+
+def test_class_weights_computed_from_the_training_split(tmp_path: Path) -> None:
+    from pixelseg.engine.train import loss_terms
+    from pixelseg.stats import dataset_stats
+
+    config = load_config(write_config(tmp_path), ["loss=[{name: cross_entropy, params: {class_weights: enet}}]"])
+    expected = dataset_stats(config.data).enet_weights()
+    np.testing.assert_allclose(loss_terms(config)[0]["class_weights"], expected)
+    config = load_config(write_config(tmp_path), ["loss=[{name: cross_entropy, params: {class_weights: median}}]"])
+    assert "did you mean 'median_frequency'" in one_line_error(lambda: loss_terms(config))

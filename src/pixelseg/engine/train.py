@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..data.build import DatasetInfo, build_datasets, dataset_info
-from ..errors import PixelsegError
+from ..errors import PixelsegError, closest
 from ..losses import build_loss
 from ..metrics import ConfusionMatrix
 from ..models.base import SegmentationOutput
@@ -53,6 +53,29 @@ def build_model_for(config: Config, info: DatasetInfo) -> nn.Module:
                          **model_cfg.kwargs)
     model.pixelseg_config["data"] = {**asdict(info), "dataset": asdict(config.data)}
     return model
+
+
+CLASS_WEIGHTINGS = ("median_frequency", "enet")
+
+
+def loss_terms(config: Config) -> list[dict[str, Any]]:
+    """The config's loss terms; ``class_weights: median_frequency`` or ``enet`` is computed from the
+    training split (as ``pixelseg stats`` prints it)."""
+    terms = []
+    for term in config.loss:
+        params = dict(term.params)
+        weighting = params.get("class_weights")
+        if isinstance(weighting, str):
+            if weighting not in CLASS_WEIGHTINGS:
+                raise PixelsegError(f"loss '{term.name}': class_weights '{weighting}' is not a weighting"
+                                    f"{closest(weighting, CLASS_WEIGHTINGS)} (or give a list of numbers)")
+            from ..stats import dataset_stats
+
+            stats = dataset_stats(config.data)
+            weights = stats.median_frequency_weights() if weighting == "median_frequency" else stats.enet_weights()
+            params["class_weights"] = [float(w) for w in weights]
+        terms.append({"name": term.name, "weight": term.weight, **params})
+    return terms
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -172,8 +195,7 @@ def train(config: Config, *, resume: bool = False, quiet: bool = False) -> Path:
     info = dataset_info(config.data)
     train_set, val_set = build_datasets(config.data, info)
     model = build_model_for(config, info).to(device)
-    criterion = build_loss([{"name": t.name, "weight": t.weight, **t.params} for t in config.loss],
-                           ignore_index=info.ignore_index).to(device)
+    criterion = build_loss(loss_terms(config), ignore_index=info.ignore_index).to(device)
     optimizer = build_optimizer(config, model)
 
     steps_per_epoch = math.ceil(len(train_set) / config.data.batch_size)
