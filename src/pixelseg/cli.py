@@ -213,7 +213,7 @@ def models(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @app.command()
 @friendly
 def demo(out_dir: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
-         epochs: int = 12, samples: int = 384) -> None:
+         epochs: int = 24, samples: int = 384) -> None:
     """Train a small U-Net on the built-in Shapes set, evaluate it, write overlays."""
     from .engine.demo import run_demo
 
