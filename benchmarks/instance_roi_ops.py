@@ -11,23 +11,12 @@ ours / torchvision (above 1: we are slower), plus the largest difference of the 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torchvision.ops as tv_ops
+from timing import median_seconds
 
 from pixelseg.instance.roi_ops import roi_align, roi_pool
-
-
-def timed(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -62,7 +51,7 @@ def main() -> None:
             ("forward+backward", lambda o=ours, r=rois, k=kwargs, x=leaf: o(x, r, **k).sum().backward(),
              lambda f=reference, r=rois, k=kwargs, x=leaf: f(x, r, **k).sum().backward()),
         ):
-            ours_s, ref_s = timed(run_ours, args.repeats), timed(run_ref, args.repeats)
+            ours_s, ref_s = median_seconds(run_ours, args.repeats), median_seconds(run_ref, args.repeats)
             print(f"{name:36s} {label:16s} {ours_s * 1e3:9.1f} {ref_s * 1e3:9.1f} {ours_s / ref_s:6.2f} {diff:11.2e}")
 
 

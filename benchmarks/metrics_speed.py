@@ -13,24 +13,17 @@ Timed twice: with both libraries' input checks on (their defaults), and with bot
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from timing import median_seconds
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from pixelseg.metrics import ConfusionMatrix
 
 
 def median_ms(update: Callable[[], object], repeats: int) -> float:
-    update()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        update()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * median_seconds(update, repeats)
 
 
 def main() -> None:
