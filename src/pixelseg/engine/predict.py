@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.folder import IMAGE_SUFFIXES, read_image
+from ..data.folder import list_images, read_image
 from ..data.transforms import normalize, to_chw_uint8
 from ..errors import PixelsegError
 from ..models.registry import from_pretrained
@@ -35,7 +35,7 @@ def list_inputs(path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = list_images(path)
         if not files:
             raise PixelsegError("no images found", path)
         return files
