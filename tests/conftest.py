@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,18 +11,12 @@ import torch
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
-# pytest-xdist runs one worker per core: one intra-op thread each avoids oversubscribing the cores.
-torch.set_num_threads(1)
-
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads() -> None:
+def _seed_and_threads() -> Iterator[None]:
+    """Seed 0 and one intra-op thread for every test (restored after it): pytest-xdist runs one worker per
+    core, and on a shared CPU OpenMP threads competing for cores make small ops many times slower."""
     torch.manual_seed(0)
-
-
-@pytest.fixture
-def one_torch_thread():
-    """Run a test on one torch thread (the CPU is shared), restoring the count afterwards."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -7,7 +7,6 @@ from torch import nn
 
 from pixelseg.classical.crf_as_rnn import CRFasRNN, WithCRFasRNN
 from pixelseg.classical.dense_crf import DenseCRFConfig, dense_crf
-from tests.test_classical_dense_crf import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def test_crf_as_rnn_at_initialisation_is_dense_crf_mean_field() -> None:

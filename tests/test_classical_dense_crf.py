@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +14,6 @@ from pixelseg.classical.dense_crf import DenseCRFConfig, dense_crf, refine_logit
 from pixelseg.classical.permutohedral import PermutohedralLattice
 
 CAMVID_CLASSES = 11
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """One thread: on the shared 2-core machine two OpenMP threads make small ops 10-50x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def camvid_pair(root: Path, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:

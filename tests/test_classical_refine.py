@@ -16,7 +16,7 @@ from pixelseg.data.transforms import normalize
 from pixelseg.engine.config import Config, DataConfig, ModelConfig
 from pixelseg.engine.forward import forward_whole
 from pixelseg.engine.train import build_model_for
-from tests.test_classical_dense_crf import one_torch_thread, pydensecrf_marginals  # noqa: F401
+from tests.test_classical_dense_crf import pydensecrf_marginals
 
 
 @pytest.fixture

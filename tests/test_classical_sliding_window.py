@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from pixelseg.classical.sliding_window import PatchClassifier, sliding_window_predict, windows_at
 from tests.helpers import losses_over_steps
-from tests.test_classical_dense_crf import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def test_fully_convolutional_form_gives_the_sliding_window_output_at_every_pixel() -> None:

@@ -58,7 +58,6 @@ REFUSED = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def test_every_registered_model_has_a_small_configuration_or_is_named_as_too_large() -> None:

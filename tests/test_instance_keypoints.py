@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from torchvision.models.detection import keypointrcnn_resnet50_fpn
 
 from pixelseg.instance.data import collate_detection
 from pixelseg.instance.keypoints import SyntheticKeypoints, build_keypoint_rcnn
 from pixelseg.instance.roi_ops import MultiLevelRoIAlign
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_keypoint_rcnn_resnet50_fpn_matches_torchvision_parameter_count():

@@ -19,16 +19,6 @@ TINY = dict(backbone="mobilenet_v3_large", width_mult=0.35, fpn_channels=16, rep
             rpn_post_nms_top_n_train=64, rpn_post_nms_top_n_test=32, box_batch_size_per_image=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Detection runs thousands of small ops; on a shared CPU, OpenMP threads spin-waiting at each one
-    # make two threads ten times slower than one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -27,13 +27,6 @@ TINY_CONFIG = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
-
-
 def write_config(tmp_path: Path, changes: dict | None = None) -> Path:
     config = json.loads(json.dumps(TINY_CONFIG))
     config["train"]["out_dir"] = str(tmp_path / "run")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import torch
 from helpers import parameter_count
 from torch import nn
@@ -18,15 +15,6 @@ from pixelseg.models.context import (
     PyramidPoolingModule,
     SummedAtrousPyramid,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on the shared 2-core CPU, OpenMP threads competing for cores are much slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def copy_weights_in_order(target: nn.Module, source: nn.Module) -> None:

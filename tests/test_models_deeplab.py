@@ -3,7 +3,6 @@ reference implementations (torchvision, smp), odd sizes, save/load, encoder weig
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,8 @@ from pixelseg.errors import PixelsegError
 from pixelseg.models.base import SegmentationOutput
 from pixelseg.models.context import DepthwiseSeparableConv
 
-
 # timm's tiny ResNet (one BasicBlock per stage, 0.5M parameters) keeps the shape and training tests fast
 # on a shared 2-core CPU; the structure tests build the papers' backbones on the meta device.
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on the shared 2-core CPU, OpenMP threads competing for cores are much slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 SMALL = {"encoder": "test_resnet"}
 ALL_MODELS = [
     ("deeplabv1", {"fc_channels": 64}),

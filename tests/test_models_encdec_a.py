@@ -28,15 +28,6 @@ SMALL: dict[str, dict] = {
 WITH_INDICES = {"segnet", "deconvnet"}  # the models whose decoders can max-unpool
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is many times faster than several on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build_on_meta(name: str, **kwargs) -> nn.Module:
     with torch.device("meta"):
         return pixelseg.create_model(name, **kwargs)

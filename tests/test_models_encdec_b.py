@@ -14,16 +14,6 @@ import pixelseg
 from pixelseg.models.gridnet import ResidualUnit, SubsamplingUnit, TotalDropout, UpsamplingUnit
 from pixelseg.models.upsampling import BilinearUpsample, NearestUpsample, TransposedConvUpsample, Upsample
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Small configurations for the generic behaviour tests (CPU, 2 cores shared).
 SMALL = {
     "linknet": {"encoder": "resnet18"},

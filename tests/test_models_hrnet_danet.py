@@ -3,8 +3,6 @@ odd sizes, save/load, training."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import timm
 import torch
@@ -16,15 +14,6 @@ from pixelseg.models.danet import ChannelAttention, PositionAttention
 from pixelseg.models.hrnet import HRNetBackbone
 
 TIMM_CLASSIFICATION_HEAD = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared small CPU, OpenMP threads fighting for cores slow these 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # ---- HRNetV2 -------------------------------------------------------------------------------------------

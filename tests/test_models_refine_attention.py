@@ -4,7 +4,6 @@ any encoder or trunk, save/load, training."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,15 +16,6 @@ from pixelseg.models.base import SegmentationOutput
 
 SMALL_TRUNK = {"trunk": "unet", "trunk_kwargs": {"padding": "same", "base_channels": 4, "depth": 2},
                "attention_channels": 8}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared small CPU, OpenMP threads fighting for cores slow these 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # ---- SharpMask -----------------------------------------------------------------------------------------

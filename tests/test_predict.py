@@ -22,7 +22,6 @@ from pixelseg.errors import PixelsegError
 PALETTE = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def saved_model(directory: Path, name: str, in_channels: int, **kwargs) -> Path:

@@ -24,8 +24,6 @@ from pixelseg.engine.tiling import (
 )
 from pixelseg.errors import PixelsegError
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
-
 
 def small_valid_unet(in_channels: int = 1) -> nn.Module:
     return pixelseg.create_model("unet", num_classes=3, in_channels=in_channels, base_channels=4, depth=3).eval()

@@ -21,8 +21,6 @@ from pixelseg.engine.train import build_model_for
 from pixelseg.engine.tta import TestTimeAugmented, parse_scales, tta_logits
 from pixelseg.errors import PixelsegError
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def small_net(num_classes: int = 3) -> nn.Module:
     """Not flip-equivariant (asymmetric random kernels), not scale-invariant."""

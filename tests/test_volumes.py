@@ -14,16 +14,6 @@ from pixelseg.data.volumes import SyntheticVolumes, VolumeFolder, isbi2012_volum
 from pixelseg.errors import PixelsegError
 from pixelseg.metrics3d import VNetDiceLoss, VolumeScores, dice_iou_per_class, vnet_dice_loss
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY_VNET = {"channels": [4, 8, 16], "down_convs": [1, 2, 2], "up_convs": [2, 1]}
 
 
