@@ -127,3 +127,70 @@ def test_every_operator_changes_width_and_doubles_size(kind: str) -> None:
 def test_unknown_upsampling_name_suggests_the_closest() -> None:
     with pytest.raises(PixelsegError, match="did you mean 'bilinear'"):
         make_upsample("bilinar", 4)
+
+
+# ---- volumes (dims=3): V-Net's decoder and any 3D decoder ---------------------------------------------
+
+V = torch.arange(1.0, 9.0).reshape(1, 1, 2, 2, 2)
+
+
+def test_3d_nearest_and_bed_of_nails_fill_factor_cubes() -> None:
+    nearest = make_upsample("nearest", 1, dims=3)(V)
+    assert nearest.shape == (1, 1, 4, 4, 4)
+    assert torch.equal(nearest[0, 0, 2:4, 0:2, 2:4], torch.full((2, 2, 2), 6.0))  # V[1, 0, 1] = 6
+    nails = make_upsample("bed_of_nails", 1, dims=3)(V)
+    assert torch.equal(nails[0, 0, ::2, ::2, ::2], V[0, 0]) and nails.sum() == V.sum()
+    odd = make_upsample("bed_of_nails", 1, factor=3, dims=3)(V, output_size=(4, 5, 6))
+    assert odd.shape == (1, 1, 4, 5, 6) and odd[0, 0, 3, 3, 3] == 8 and odd.sum() == V.sum()
+
+
+def test_3d_bilinear_is_trilinear_interpolation() -> None:
+    out = make_upsample("bilinear", 1, dims=3)(V)
+    expected = torch.nn.functional.interpolate(V, scale_factor=2, mode="trilinear", align_corners=False)
+    assert torch.equal(out, expected)
+    assert not torch.equal(out, torch.nn.functional.interpolate(V, scale_factor=2, mode="nearest"))
+
+
+def test_3d_max_unpooling_inverts_3d_max_pooling_at_odd_sizes() -> None:
+    volume = torch.randn(2, 3, 5, 7, 9)
+    pooled, indices = nn.functional.max_pool3d(volume, 2, 2, return_indices=True)
+    out = make_upsample("max_unpool", 3, dims=3)(pooled, indices, output_size=volume.shape[-3:])
+    assert out.shape == volume.shape
+    kept = out != 0
+    assert torch.equal(out[kept], volume[kept]) and int(kept.sum()) == pooled.numel()
+
+
+@pytest.mark.parametrize("kind", UPSAMPLING_KINDS)
+def test_every_operator_in_3d_changes_width_and_doubles_size(kind: str) -> None:
+    up = make_upsample(kind, 4, 6, dims=3)
+    volume = torch.randn(1, 4, 6, 8, 10)
+    indices = None
+    if kind == "max_unpool":
+        volume, indices = nn.functional.max_pool3d(torch.randn(1, 4, 12, 16, 20), 2, 2, return_indices=True)
+    assert up(volume, indices).shape == (1, 6, 12, 16, 20)
+    assert up(volume, indices, output_size=(13, 17, 21) if kind != "max_unpool" else (12, 17, 21)).shape[-3:] \
+        == ((13, 17, 21) if kind != "max_unpool" else (12, 17, 21))
+    with pytest.raises(ValueError, match="3D upsampling takes"):
+        up(torch.randn(1, 4, 6, 8))
+
+
+@pytest.mark.parametrize("kind", ["nearest", "bed_of_nails", "bilinear", "resize_conv"])
+def test_unet_and_vnet_decoders_take_any_upsampling(kind: str) -> None:
+    from pixelseg import create_model
+
+    unet = create_model("unet", num_classes=3, in_channels=1, base_channels=4, depth=2, padding="same",
+                        upsampling=kind)
+    assert all(type(up.up).__name__ != "ConvTranspose2d" for up in unet.ups)
+    assert unet(torch.randn(1, 1, 37, 53)).shape == (1, 3, 37, 53)
+    vnet = create_model("vnet", num_classes=2, in_channels=1, channels=(2, 4, 8), down_convs=(1, 1, 1), up_convs=(1, 1),
+                        upsampling=kind)
+    assert vnet(torch.randn(1, 1, 5, 9, 7)).shape == (1, 2, 5, 9, 7)
+
+
+def test_pooling_free_decoders_refuse_max_unpooling() -> None:
+    from pixelseg import create_model
+
+    for name, kwargs in (("unet", {"depth": 2}), ("vnet", {"channels": (2, 4, 8), "down_convs": (1, 1, 1),
+                                                           "up_convs": (1, 1)})):
+        with pytest.raises(ValueError, match="max-unpool|max-pooling indices"):
+            create_model(name, num_classes=2, upsampling="max_unpool", **kwargs)

@@ -35,7 +35,7 @@ def test_vnet_has_the_papers_stages_widths_and_kernels() -> None:
     for conv in (block[0] for block in model.down):  # strided convolutions instead of pooling
         assert conv.kernel_size == (2, 2, 2) and conv.stride == (2, 2, 2)
         assert conv.out_channels == 2 * conv.in_channels
-    for up in (block[0] for block in model.up):
+    for up in (block[0].conv for block in model.up):
         assert isinstance(up, nn.ConvTranspose3d) and up.kernel_size == (2, 2, 2) and up.stride == (2, 2, 2)
     assert not any(isinstance(m, (nn.ReLU, nn.BatchNorm3d, nn.MaxPool3d)) for m in model.modules())
     assert sum(isinstance(m, nn.PReLU) for m in model.modules()) > 20

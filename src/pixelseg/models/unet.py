@@ -7,7 +7,9 @@ convolution maps the 64 channels to the classes. With valid convolutions a 572x5
 388x388 output; ``input_size_for`` tells predictors how much mirrored context to add (overlap-tile).
 
 ``padding="same"`` keeps the output the size of the input; ``encoder="resnet34"`` (any timm name) swaps
-the contracting path for a timm backbone with the same U-shaped decoder.
+the contracting path for a timm backbone with the same U-shaped decoder. ``upsampling`` replaces the 2x2
+up-convolution with another operator of ``models.upsampling`` (nearest, bed_of_nails, bilinear,
+resize_conv; the parameter-free ones followed by a 1x1 convolution that halves the channels).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .base import SegmentationModel
 from .blocks import center_crop_to, crop_to, pad_to_multiple
 from .encoders import TimmEncoder
 from .registry import register
+from .upsampling import check_upsampling, make_upsample
 
 
 class DoubleConv(nn.Sequential):
@@ -39,12 +42,18 @@ class DoubleConv(nn.Sequential):
 
 
 class Up(nn.Module):
-    """2x2 up-convolution, crop-and-concatenate with the skip features, two 3x3 convolutions."""
+    """2x2 up-convolution (or another ``upsampling`` operator), crop-and-concatenate with the skip
+    features, two 3x3 convolutions."""
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, *, padding: int,
-                 batch_norm: bool) -> None:
+                 batch_norm: bool, upsampling: str = "transposed") -> None:
         super().__init__()
-        self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+        if check_upsampling(upsampling) == "max_unpool":
+            raise ValueError("U-Net cannot upsample by max-unpooling: its decoder input has twice the "
+                             "channels of the pooled map whose indices it would need (use SegNet)")
+        # The paper's 2x2 up-convolution stays a bare ConvTranspose2d (the checkpoint layout of 'up').
+        self.up = (nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+                   if upsampling == "transposed" else make_upsample(upsampling, in_channels, out_channels, 2))
         self.conv = DoubleConv(out_channels + skip_channels, out_channels, padding=padding,
                                batch_norm=batch_norm)
 
@@ -58,7 +67,8 @@ class UNet(SegmentationModel):
     """The paper's U-Net: ``depth`` poolings, ``base_channels`` doubling per level."""
 
     def __init__(self, num_classes: int, in_channels: int = 1, *, base_channels: int = 64, depth: int = 4,
-                 padding: Literal["valid", "same"] = "valid", batch_norm: bool = False) -> None:
+                 padding: Literal["valid", "same"] = "valid", batch_norm: bool = False,
+                 upsampling: str = "transposed") -> None:
         super().__init__()
         if padding not in ("valid", "same"):
             raise ValueError(f"padding must be 'valid' or 'same', not {padding!r}")
@@ -70,7 +80,7 @@ class UNet(SegmentationModel):
             DoubleConv(widths[i], widths[i + 1], padding=pad, batch_norm=batch_norm) for i in range(depth))
         self.pool = nn.MaxPool2d(2)
         self.ups = nn.ModuleList(
-            Up(widths[i + 1], widths[i], widths[i], padding=pad, batch_norm=batch_norm)
+            Up(widths[i + 1], widths[i], widths[i], padding=pad, batch_norm=batch_norm, upsampling=upsampling)
             for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
 
@@ -133,7 +143,7 @@ class EncoderUNet(SegmentationModel):
 
     def __init__(self, num_classes: int, in_channels: int = 3, *, encoder: str = "resnet34",
                  encoder_weights: str | None = None,
-                 decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)) -> None:
+                 decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16), upsampling: str = "transposed") -> None:
         super().__init__()
         self.encoder = TimmEncoder(encoder, in_channels=in_channels, weights=encoder_weights)
         channels, reductions = self.encoder.channels, self.encoder.reductions
@@ -146,7 +156,8 @@ class EncoderUNet(SegmentationModel):
             if reduction < 1:
                 break
             has_skip = i < len(skips) and skip_reductions[i] == reduction
-            blocks.append(Up(previous, skips[i] if has_skip else 0, out_channels, padding=1, batch_norm=True))
+            blocks.append(Up(previous, skips[i] if has_skip else 0, out_channels, padding=1, batch_norm=True,
+                             upsampling=upsampling))
             previous = out_channels
         self.skip_count = min(len(skips), len(blocks))
         self.decoder = nn.ModuleList(blocks)

@@ -28,6 +28,10 @@ al.'s resize-convolution):
 The parameter-free operators keep the channel count; when ``out_channels`` differs they are followed by a
 learned 1x1 convolution. Every operator's ``forward(x, indices=None, output_size=None)`` takes an optional
 exact ``output_size`` (H, W) so that a decoder can match an odd-sized skip connection.
+
+Every operator also works on volumes: ``make_upsample(..., dims=3)`` builds its 3D form for ``(B, C, D, H,
+W)`` tensors (V-Net), where ``"bilinear"`` interpolates trilinearly, the cells are ``factor³`` cubes, the
+learned kernels are 3D and ``output_size`` is (D, H, W).
 """
 
 from __future__ import annotations
@@ -45,10 +49,24 @@ UPSAMPLING_KINDS: tuple[str, ...] = ("nearest", "bed_of_nails", "bilinear", "max
                                      "resize_conv")
 
 
-def _target_size(x: Tensor, factor: int, output_size: tuple[int, int] | None) -> tuple[int, int]:
+def _target_size(x: Tensor, factor: int, dims: int, output_size: tuple[int, ...] | None) -> tuple[int, ...]:
+    # Sizes stay as they come (no int()): under the ONNX tracer they are traced values, and int() would
+    # freeze the size seen while tracing into the exported graph.
     if output_size is None:
-        return x.shape[-2] * factor, x.shape[-1] * factor
-    return int(output_size[0]), int(output_size[1])
+        return tuple(s * factor for s in x.shape[-dims:])
+    if len(output_size) != dims:
+        raise ValueError(f"output_size {tuple(output_size)} must have {dims} entries for {dims}D upsampling")
+    return tuple(output_size)
+
+
+def _check_dims(dims: int) -> int:
+    if dims not in (2, 3):
+        raise ValueError(f"upsampling works on 2D images or 3D volumes, not dims={dims}")
+    return dims
+
+
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_TRANSPOSE = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 
 
 class Upsample(nn.Module):
@@ -58,48 +76,53 @@ class Upsample(nn.Module):
     needs_indices: bool = False
     has_kernel: bool = False  # learned operators set their own output width
 
-    def __init__(self, in_channels: int, out_channels: int, factor: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, factor: int, *, dims: int = 2) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.factor = in_channels, out_channels, factor
+        self.dims = _check_dims(dims)
         # Parameter-free operators keep the width; a 1x1 convolution changes it if asked to.
-        self.project = (nn.Conv2d(in_channels, out_channels, 1)
+        self.project = (_CONV[dims](in_channels, out_channels, 1)
                         if in_channels != out_channels and not self.has_kernel else None)
 
-    def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, int]) -> Tensor:
+    def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, ...]) -> Tensor:
         raise NotImplementedError
 
     def forward(self, x: Tensor, indices: Tensor | None = None,
-                output_size: tuple[int, int] | None = None) -> Tensor:
-        y = self.upsample(x, indices, _target_size(x, self.factor, output_size))
+                output_size: tuple[int, ...] | None = None) -> Tensor:
+        if x.dim() != self.dims + 2:
+            raise ValueError(f"{self.dims}D upsampling takes (B, C, {', '.join('DHW'[-self.dims:])}) tensors, "
+                             f"not shape {tuple(x.shape)}")
+        y = self.upsample(x, indices, _target_size(x, self.factor, self.dims, output_size))
         return self.project(y) if self.project is not None else y
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, factor={self.factor}"
+        extra = "" if self.dims == 2 else f", dims={self.dims}"
+        return f"{self.in_channels}, {self.out_channels}, factor={self.factor}{extra}"
 
 
 class NearestUpsample(Upsample):
-    """Copies each value into a ``factor x factor`` block."""
+    """Copies each value into a ``factor x factor`` block (a ``factor³`` cube in 3D)."""
 
-    def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, int]) -> Tensor:
+    def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, ...]) -> Tensor:
         return F.interpolate(x, size=size, mode="nearest")
 
 
 class BedOfNailsUpsample(Upsample):
-    """Each value at the top-left corner of its ``factor x factor`` cell, zeros elsewhere."""
+    """Each value at the top-left (front) corner of its ``factor x factor`` cell, zeros elsewhere."""
 
-    def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, int]) -> Tensor:
-        out = x.new_zeros(*x.shape[:-2], *size)
+    def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, ...]) -> Tensor:
+        out = x.new_zeros(*x.shape[:-self.dims], *size)
         f = self.factor
-        rows, cols = min(x.shape[-2], -(-size[0] // f)), min(x.shape[-1], -(-size[1] // f))
-        out[..., ::f, ::f][..., :rows, :cols] = x[..., :rows, :cols]
+        kept = tuple(slice(0, min(n, -(-s // f))) for n, s in zip(x.shape[-self.dims:], size, strict=True))
+        out[(..., *(slice(None, None, f),) * self.dims)][(..., *kept)] = x[(..., *kept)]
         return out
 
 
 class BilinearUpsample(Upsample):
-    """Bilinear interpolation with the pixel-centre convention (``align_corners=False``)."""
+    """Bilinear (trilinear in 3D) interpolation with the pixel-centre convention (``align_corners=False``)."""
 
-    def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, int]) -> Tensor:
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, ...]) -> Tensor:
+        return F.interpolate(x, size=size, mode="bilinear" if self.dims == 2 else "trilinear", align_corners=False)
 
 
 class MaxUnpoolUpsample(Upsample):
@@ -107,10 +130,11 @@ class MaxUnpoolUpsample(Upsample):
 
     needs_indices = True
 
-    def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, int]) -> Tensor:
+    def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, ...]) -> Tensor:
         if indices is None:
             raise ValueError("max_unpool upsampling needs the max-pooling indices of its encoder stage")
-        return F.max_unpool2d(x, indices, kernel_size=self.factor, stride=self.factor, output_size=size)
+        unpool = F.max_unpool2d if self.dims == 2 else F.max_unpool3d
+        return unpool(x, indices, kernel_size=self.factor, stride=self.factor, output_size=size)
 
 
 class TransposedConvUpsample(Upsample):
@@ -119,17 +143,17 @@ class TransposedConvUpsample(Upsample):
     has_kernel = True
 
     def __init__(self, in_channels: int, out_channels: int, factor: int, kernel_size: int | None = None,
-                 bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, factor)
+                 bias: bool = True, *, dims: int = 2) -> None:
+        super().__init__(in_channels, out_channels, factor, dims=dims)
         kernel_size = factor if kernel_size is None else kernel_size
         if kernel_size < factor:
             raise ValueError(f"a transposed convolution with stride {factor} needs kernel_size >= {factor}")
         padding = (kernel_size - factor + 1) // 2
-        self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride=factor,
-                                       padding=padding, output_padding=factor - kernel_size + 2 * padding,
-                                       bias=bias)
+        self.conv = _CONV_TRANSPOSE[dims](in_channels, out_channels, kernel_size, stride=factor,
+                                          padding=padding, output_padding=factor - kernel_size + 2 * padding,
+                                          bias=bias)
 
-    def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, int]) -> Tensor:
+    def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, ...]) -> Tensor:
         return self.conv(x, output_size=list(size))
 
 
@@ -139,12 +163,12 @@ class ResizeConvUpsample(Upsample):
     has_kernel = True
 
     def __init__(self, in_channels: int, out_channels: int, factor: int, kernel_size: int | None = None,
-                 bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, factor)
+                 bias: bool = True, *, dims: int = 2) -> None:
+        super().__init__(in_channels, out_channels, factor, dims=dims)
         kernel_size = 3 if kernel_size is None else kernel_size
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+        self.conv = _CONV[dims](in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
 
-    def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, int]) -> Tensor:
+    def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, ...]) -> Tensor:
         return self.conv(F.interpolate(x, size=size, mode="nearest"))
 
 
@@ -167,20 +191,21 @@ def check_upsampling(kind: str) -> str:
 
 
 def make_upsample(kind: str, in_channels: int, out_channels: int | None = None, factor: int = 2, *,
-                  kernel_size: int | None = None, bias: bool = True) -> Upsample:
+                  kernel_size: int | None = None, bias: bool = True, dims: int = 2) -> Upsample:
     """Build the upsampling operator ``kind`` (one of ``UPSAMPLING_KINDS``).
 
     ``out_channels`` defaults to ``in_channels``. ``kernel_size`` and ``bias`` apply to the learned
-    operators (``"transposed"``: kernel ``factor`` by default; ``"resize_conv"``: 3). Call the result as
-    ``up(x)``, ``up(x, indices)`` for ``"max_unpool"``, and with ``output_size=(H, W)`` for an exact size.
+    operators (``"transposed"``: kernel ``factor`` by default; ``"resize_conv"``: 3). ``dims=3`` builds the
+    volumetric form. Call the result as ``up(x)``, ``up(x, indices)`` for ``"max_unpool"``, and with
+    ``output_size=(H, W)`` (``(D, H, W)``) for an exact size.
     """
     operator = _OPERATORS[check_upsampling(kind)]
     out_channels = in_channels if out_channels is None else out_channels
     if operator in (TransposedConvUpsample, ResizeConvUpsample):
-        return operator(in_channels, out_channels, factor, kernel_size=kernel_size, bias=bias)
+        return operator(in_channels, out_channels, factor, kernel_size=kernel_size, bias=bias, dims=dims)
     if kernel_size is not None:
         raise ValueError(f"upsampling '{kind}' has no kernel; kernel_size applies to transposed/resize_conv")
-    return operator(in_channels, out_channels, factor)
+    return operator(in_channels, out_channels, factor, dims=dims)
 
 
 def transposed_overlap_counts(kernel_size: int, stride: int, input_size: int) -> Tensor:

@@ -15,7 +15,9 @@ output is concatenated with the compression stage of the same resolution ("fine-
 forwarded from the left"), and stages of 3, 3, 2, 1 convolutions at 256, 128, 64, 32 channels follow, each
 residual. The output block of the authors' prototxt follows: a 5x5x5 convolution to the classes with
 PReLU, then a 1x1x1 convolution (class scores; softmax in the loss). PReLU non-linearities throughout (one
-slope per channel, Caffe's default). The conv counts per stage are the paper's (Fig. 2); the released
+slope per channel, Caffe's default). ``upsampling`` swaps the 2x2x2 up-convolution for another operator of
+``models.upsampling`` in its 3D form (nearest, bed_of_nails, bilinear = trilinear, resize_conv; V-Net
+downsamples with strided convolutions, so there are no pooling indices for max-unpooling). The conv counts per stage are the paper's (Fig. 2); the released
 prototxt uses fewer (1, 1, 2, 3, 3 down and 3, 2, 1, 1 up), available through ``down_convs``/``up_convs``. The paper uses no batch normalisation; ``batch_norm=True`` adds it
 after every convolution (as MONAI's and other ports do). Volumes are padded to a multiple of 16 in
 every dimension and the logits cropped back.
@@ -34,6 +36,7 @@ from torch import Tensor, nn
 
 from .base import SegmentationModel
 from .registry import register
+from .upsampling import check_upsampling, make_upsample
 
 VNET_CHANNELS = (16, 32, 64, 128, 256)
 VNET_DOWN_CONVS = (1, 2, 3, 3, 3)
@@ -54,11 +57,14 @@ class ConvPReLU3d(nn.Sequential):
         super().__init__(*layers)
 
 
-class ConvTransposePReLU3d(nn.Sequential):
-    """A 2x2x2 transposed convolution with stride 2, optional batch norm, per-channel PReLU."""
+class UpPReLU3d(nn.Sequential):
+    """2x upsampling (the paper's 2x2x2 transposed convolution with stride 2, or another ``upsampling``
+    operator in 3D), optional batch norm, per-channel PReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, batch_norm: bool = False) -> None:
-        layers: list[nn.Module] = [nn.ConvTranspose3d(in_channels, out_channels, 2, stride=2, bias=not batch_norm)]
+    def __init__(self, in_channels: int, out_channels: int, *, batch_norm: bool = False,
+                 upsampling: str = "transposed") -> None:
+        layers: list[nn.Module] = [make_upsample(upsampling, in_channels, out_channels, 2, bias=not batch_norm,
+                                                 dims=3)]
         if batch_norm:
             layers.append(nn.BatchNorm3d(out_channels))
         layers.append(nn.PReLU(out_channels))
@@ -90,8 +96,11 @@ class VNet(SegmentationModel):
 
     def __init__(self, num_classes: int = 2, in_channels: int = 1, *, channels: Sequence[int] = VNET_CHANNELS,
                  down_convs: Sequence[int] = VNET_DOWN_CONVS, up_convs: Sequence[int] = VNET_UP_CONVS,
-                 batch_norm: bool = False) -> None:
+                 batch_norm: bool = False, upsampling: str = "transposed") -> None:
         super().__init__()
+        if check_upsampling(upsampling) == "max_unpool":
+            raise ValueError("V-Net downsamples with strided convolutions, so it has no max-pooling indices "
+                             "to unpool with; choose another upsampling")
         channels, down_convs, up_convs = tuple(channels), tuple(down_convs), tuple(up_convs)
         if not (len(channels) == len(down_convs) == len(up_convs) + 1) or min(down_convs + up_convs) < 1:
             raise ValueError("V-Net needs len(channels) == len(down_convs) == len(up_convs) + 1, "
@@ -116,7 +125,7 @@ class VNet(SegmentationModel):
         for step, level in enumerate(reversed(range(self.levels - 1))):
             skip = channels[level]
             width = channels[-1] if level == self.levels - 2 else 2 * skip
-            self.up.append(ConvTransposePReLU3d(below, width - skip, batch_norm=batch_norm))
+            self.up.append(UpPReLU3d(below, width - skip, batch_norm=batch_norm, upsampling=upsampling))
             self.up_stages.append(ResidualStage(width, width, up_convs[step], batch_norm=batch_norm))
             below = width
         # Output (authors' prototxt): 5x5x5 conv to the classes + PReLU, then a 1x1x1 conv; softmax outside.
