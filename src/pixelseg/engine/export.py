@@ -6,9 +6,16 @@ an export whose graph froze a shape-dependent branch (and so only works at the t
 with the measured difference, never written. A model that cannot be exported (a 3-D network, a CPU-only
 post-processing step such as a dense CRF, an operator ONNX lacks) is refused in one line saying why.
 
-While tracing, :func:`~pixelseg.models.blocks.pad_to_multiple` always emits its ``Pad`` node (with zero
-widths when the size is already a multiple); its eager version skips the pad for such sizes, a Python
-branch the tracer would otherwise record as a constant.
+Two operators get their own ONNX translation here (registered for the export only), because the
+exporter's own cannot work at a height and width unknown when tracing:
+
+* ``max_unpool2d`` (SegNet, DeconvNet): ``ScatterElements`` of each (batch, channel) plane's values to
+  the flat positions PyTorch's pooling indices name, into zeros of the traced output size;
+* ``adaptive_avg_pool2d`` with more than one bin (PSPNet's 2x2, 3x3 and 6x6 pyramid): bin ``i`` of
+  ``n`` over a side ``L`` spans ``floor(i L / n)`` to ``ceil((i + 1) L / n)``, PyTorch's definition,
+  computed from the runtime shape; each bin is a ``ReduceMean`` over its rows, then its columns.
+
+Volumes (a model built from ``Conv3d``, V-Net) export with dynamic depth, height and width.
 """
 
 from __future__ import annotations
@@ -22,11 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import PixelsegError
-from ..models import blocks
 from ..models.base import main_logits
 from ..models.registry import from_pretrained
 from .evaluate import resolve_model_dir
@@ -41,7 +46,7 @@ FORMATS = ("onnx",)
 class ExportReport:
     path: Path
     opset: int
-    max_abs_diff: dict[str, float] = field(default_factory=dict)  # "HxW" -> max |ONNX Runtime - eager|
+    max_abs_diff: dict[str, float] = field(default_factory=dict)  # "HxW" ("DxHxW") -> max |ONNX Runtime - eager|
 
 
 class _Logits(nn.Module):
@@ -55,24 +60,86 @@ class _Logits(nn.Module):
         return main_logits(self.model(images))
 
 
-def _pad_to_multiple_always(x: Tensor, multiple: int, mode: str = "constant") -> tuple[Tensor, tuple[int, int]]:
-    height, width = x.shape[-2:]
-    return F.pad(x, (0, (-width) % multiple, 0, (-height) % multiple), mode=mode), (height, width)
+def _spatial_dims(model: nn.Module) -> int:
+    """3 for a volumetric network (its convolutions are ``Conv3d``), else 2."""
+    kinds = {type(m) for m in model.modules()}
+    return 3 if kinds & {nn.Conv3d, nn.ConvTranspose3d} and not kinds & {nn.Conv2d, nn.ConvTranspose2d} else 2
+
+
+# ONNX translations below: ``g`` is the TorchScript exporter's graph context, the other arguments are values
+# of its graph (tensors, or packed lists of ints).
+
+
+def _to_1d(g, values):
+    """A packed list of (traced or constant) ints as one int64 1-D tensor."""
+    from torch.onnx import symbolic_helper
+
+    if symbolic_helper._is_packed_list(values):
+        parts = [symbolic_helper._unsqueeze_helper(g, g.op("Cast", v, to_i=7), [0])  # 7: INT64
+                 for v in symbolic_helper._unpack_list(values)]
+        return g.op("Concat", *parts, axis_i=0)
+    return g.op("Constant", value_t=torch.tensor(symbolic_helper._maybe_get_const(values, "is"), dtype=torch.long))
+
+
+def _dim(g, x, axis: int):
+    """``x.shape[axis]`` as a 1-element int64 tensor."""
+    return g.op("Slice", g.op("Shape", x), g.op("Constant", value_t=torch.tensor([axis])),
+                g.op("Constant", value_t=torch.tensor([axis + 1])))
+
+
+def _max_unpool2d(g, x, indices, output_size):
+    """``F.max_unpool2d``: every value scattered to its plane-flat index, zeros elsewhere."""
+    keep_planes = g.op("Constant", value_t=torch.tensor([0, 0, -1]))
+    planes = g.op("Concat", _dim(g, x, 0), _dim(g, x, 1), axis_i=0)
+    height_width = _to_1d(g, output_size)
+    area = g.op("ReduceProd", height_width, keepdims_i=1)
+    zeros = g.op("ConstantOfShape", g.op("Concat", planes, area, axis_i=0), value_t=torch.zeros(1))
+    scattered = g.op("ScatterElements", zeros, g.op("Reshape", indices, keep_planes),
+                     g.op("Reshape", x, keep_planes), axis_i=2)
+    return g.op("Reshape", scattered, g.op("Concat", planes, height_width, axis_i=0))
+
+
+def _reduce_mean(g, x, axis: int):
+    if g.opset >= 18:  # axes became an input
+        return g.op("ReduceMean", x, g.op("Constant", value_t=torch.tensor([axis])), keepdims_i=1)
+    return g.op("ReduceMean", x, axes_i=[axis], keepdims_i=1)
+
+
+def _adaptive_avg_pool2d(g, x, output_size):
+    """``F.adaptive_avg_pool2d`` for any runtime size: PyTorch's bins, one ``ReduceMean`` each way."""
+    from torch.onnx import symbolic_helper
+
+    bins = symbolic_helper._maybe_get_const(output_size, "is")
+    bins = [bins, bins] if isinstance(bins, int) else list(bins)
+    if bins == [1, 1]:
+        return g.op("GlobalAveragePool", x)
+    one = g.op("Constant", value_t=torch.tensor([1]))
+    for axis, count in ((2, bins[0]), (3, bins[1])):
+        length, n = _dim(g, x, axis), g.op("Constant", value_t=torch.tensor([count]))
+        means = []
+        for i in range(count):  # floor(i L / n) .. ceil((i + 1) L / n)
+            start = g.op("Div", g.op("Mul", length, g.op("Constant", value_t=torch.tensor([i]))), n)
+            end = g.op("Div", g.op("Add", g.op("Mul", length, g.op("Constant", value_t=torch.tensor([i + 1]))),
+                                   g.op("Sub", n, one)), n)
+            section = g.op("Slice", x, start, end, g.op("Constant", value_t=torch.tensor([axis])))
+            means.append(_reduce_mean(g, section, axis))
+        x = g.op("Concat", *means, axis_i=axis)
+    return x
+
+
+_SYMBOLICS = {"aten::max_unpool2d": _max_unpool2d, "aten::adaptive_avg_pool2d": _adaptive_avg_pool2d}
 
 
 @contextmanager
-def traceable_padding() -> Iterator[None]:
-    """Swap ``pad_to_multiple`` for an always-padding twin in every model module, for the tracer."""
-    patched = [module for name, module in list(sys.modules.items())
-               if name.startswith("pixelseg.models") and getattr(module, "pad_to_multiple", None) is
-               blocks.pad_to_multiple]
-    for module in patched:
-        module.pad_to_multiple = _pad_to_multiple_always
+def _exporter_symbolics(opset: int) -> Iterator[None]:
+    """Register this module's ONNX translations for the duration of one export."""
+    for name, function in _SYMBOLICS.items():
+        torch.onnx.register_custom_op_symbolic(name, function, opset)
     try:
         yield
     finally:
-        for module in patched:
-            module.pad_to_multiple = blocks.pad_to_multiple
+        for name in _SYMBOLICS:
+            torch.onnx.unregister_custom_op_symbolic(name, opset)
 
 
 @contextmanager
@@ -93,9 +160,12 @@ def _silenced() -> Iterator[None]:
             os.close(fd)
 
 
-def sample_size(model: nn.Module, side: int) -> tuple[int, int]:
+def sample_size(model: nn.Module, side: int) -> tuple[int, ...]:
     """An input size the model accepts: ``side`` x ``1.5 side`` (or what a valid-convolution net needs for
-    that output). Not square, so that the tracer cannot mistake a height for a width."""
+    that output); for a volume ``side / 4 + 1`` x ``side / 2 + 1`` x ``side / 2 + 3``. No two sides equal,
+    so that the tracer cannot mistake a height for a width."""
+    if _spatial_dims(model) == 3:
+        return side // 4 + 1, side // 2 + 1, side // 2 + 3
     size = (side, side + side // 2)
     if has_valid_convolutions(model):
         size, _ = model.input_size_for(size)
@@ -107,8 +177,12 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:200] if text else ''}"
 
 
+CHECK_SIZES_2D = ((97, 45),)
+CHECK_SIZES_3D = ((21, 16, 27),)  # one side a multiple of V-Net's 16, the others not
+
+
 def export_onnx(model: nn.Module, out: str | Path, *, in_channels: int, opset: int = OPSET, side: int = 64,
-                check_sizes: tuple[tuple[int, int], ...] = ((97, 45),), atol: float = 1e-4,
+                check_sizes: tuple[tuple[int, ...], ...] | None = None, atol: float = 1e-4,
                 name: str = "model") -> ExportReport:
     """Export ``model`` to ``out``, verified with ONNX Runtime against eager at ``check_sizes``: the largest
     difference must stay within ``atol`` times the largest logit (at least 1)."""
@@ -117,12 +191,15 @@ def export_onnx(model: nn.Module, out: str | Path, *, in_channels: int, opset: i
     out = Path(out)
     model = model.eval()
     wrapped = _Logits(model).eval()
+    volumetric = _spatial_dims(model) == 3
+    if check_sizes is None:
+        check_sizes = CHECK_SIZES_3D if volumetric else CHECK_SIZES_2D
     sample = torch.randn(1, in_channels, *sample_size(model, side))
     partial = out.with_name(out.name + ".part")
     out.parent.mkdir(parents=True, exist_ok=True)
-    dims = {0: "batch", 2: "height", 3: "width"}
+    dims = {0: "batch", 2: "depth", 3: "height", 4: "width"} if volumetric else {0: "batch", 2: "height", 3: "width"}
     try:
-        with traceable_padding(), warnings.catch_warnings(), torch.no_grad(), _silenced():
+        with _exporter_symbolics(opset), warnings.catch_warnings(), torch.no_grad(), _silenced():
             warnings.simplefilter("ignore")
             torch.onnx.export(wrapped, (sample,), str(partial), dynamo=False, opset_version=opset,
                               input_names=[INPUT], output_names=[OUTPUT], dynamic_axes={INPUT: dims, OUTPUT: dims})
@@ -133,7 +210,7 @@ def export_onnx(model: nn.Module, out: str | Path, *, in_channels: int, opset: i
     report = ExportReport(out, opset)
     try:
         runner = OnnxRuntimeModel(partial)
-        sizes = [tuple(sample.shape[-2:])] + [sample_size(model, min(s)) if has_valid_convolutions(model) else s
+        sizes = [tuple(sample.shape[2:])] + [sample_size(model, min(s)) if has_valid_convolutions(model) else s
                                               for s in check_sizes]
         for size in sizes:
             images = torch.randn(2, in_channels, *size)
@@ -141,9 +218,10 @@ def export_onnx(model: nn.Module, out: str | Path, *, in_channels: int, opset: i
                 expected = wrapped(images)
             got = runner(images)
             diff = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
-            report.max_abs_diff[f"{size[0]}x{size[1]}"] = diff
+            shown = "x".join(str(side) for side in size)
+            report.max_abs_diff[shown] = diff
             if not diff <= atol * max(1.0, float(expected.abs().max())):  # float32 error grows with the logits
-                raise PixelsegError(f"cannot export '{name}' to ONNX: at {size[0]}x{size[1]} ONNX Runtime differs "
+                raise PixelsegError(f"cannot export '{name}' to ONNX: at {shown} ONNX Runtime differs "
                                     f"from PyTorch by {diff:.3g} (a shape-dependent Python branch was traced as "
                                     "a constant)")
     except PixelsegError:

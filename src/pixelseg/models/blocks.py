@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,11 +28,13 @@ class ConvBnAct(nn.Sequential):
 def pad_to_multiple(x: Tensor, multiple: int, mode: str = "constant") -> tuple[Tensor, tuple[int, int]]:
     """Pad ``x`` at the bottom/right so that H and W are multiples of ``multiple``.
 
-    Returns the padded tensor and the original (H, W), for ``crop_to`` afterwards.
+    Returns the padded tensor and the original (H, W), for ``crop_to`` afterwards. While being traced
+    (``torch.jit.trace``, ONNX export) the pad is always emitted, with widths computed from the traced
+    size (zero when it is already a multiple): a Python branch on the size would be frozen into the graph.
     """
     height, width = x.shape[-2:]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if pad_h or pad_w:
+    if torch.jit.is_tracing() or pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
     return x, (height, width)
 

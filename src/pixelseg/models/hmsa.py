@@ -94,7 +94,10 @@ class HierarchicalMultiScaleAttention(SegmentationModel):
 def _rescaled(x: Tensor, scale: float) -> Tensor:
     if scale == 1.0:
         return x
-    size = [max(1, round(side * scale)) for side in x.shape[-2:]]
+    if torch.jit.is_tracing():  # sizes are traced tensors: torch.round rounds half to even like round()
+        size = [torch.round(side.double() * scale).clamp(min=1).long() for side in x.shape[-2:]]
+    else:
+        size = [max(1, round(side * scale)) for side in x.shape[-2:]]
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
