@@ -290,3 +290,118 @@ def test_isbi2012_stack_is_one_30_slice_volume(isbi_root) -> None:
     assert image.shape == (30, 512, 512) and label.shape == (30, 512, 512)
     assert set(np.unique(label).tolist()) == {0, 1}
     assert 0.1 < float((label == 0).mean()) < 0.4  # membranes are a minority class
+
+
+def test_isbi2012_volume_dataset_splits_the_stack_in_space(isbi_root) -> None:
+    from pixelseg.data.volumes import ISBI2012Volume
+
+    train, val = ISBI2012Volume(isbi_root, "train"), ISBI2012Volume(isbi_root, "val")
+    assert len(train) == len(val) == 1
+    train_image, (val_image, val_label) = train[0][0], val[0]
+    assert train_image.shape == (1, 30, 512, 384) and val_label.shape == (30, 512, 128)
+    _, whole = isbi2012_volume(isbi_root)
+    assert np.array_equal(val_label.numpy(), whole[..., 384:])  # the held-out block, no overlap
+    assert abs(float(val_image.mean())) < 1e-4 and abs(float(val_image.std()) - 1) < 1e-3
+    with pytest.raises(PixelsegError, match="splits"):
+        ISBI2012Volume(isbi_root, "test")
+
+
+# ---- volumes through the data builder, `pixelseg train`, evaluate and predict ----------------------------
+def test_random_volume_patch_crops_pads_and_flips_image_and_label_together() -> None:
+    from pixelseg.data.volumes import RandomVolumePatch
+
+    label = torch.arange(6 * 7 * 8).reshape(6, 7, 8) % 250  # all values below the ignore index 255
+    image = label[None].float()  # label == image: any joint transform keeps them equal
+    augment = RandomVolumePatch([4, 5, 5], hflip=True, vflip=True, rotate90=True, dflip=True)
+    seen = set()
+    for _ in range(20):
+        patch_image, patch_label = augment(image, label)
+        assert patch_image.shape == (1, 4, 5, 5) and patch_label.shape == (4, 5, 5)
+        assert torch.equal(patch_image[0].long(), patch_label)
+        seen.add(int(patch_label[0, 0, 0]))
+    assert len(seen) > 5  # random positions and orientations
+    padded_image, padded_label = RandomVolumePatch([8, 7, 8], hflip=False, ignore_index=255)(image, label)
+    assert padded_image.shape == (1, 8, 7, 8) and (padded_label == 255).sum() == 2 * 7 * 8
+    with pytest.raises(PixelsegError, match="square"):
+        RandomVolumePatch([4, 5, 6], rotate90=True)
+    with pytest.raises(PixelsegError, match="three positive sizes"):
+        RandomVolumePatch([4, 5])
+
+
+def _volume_config(tmp_path, **data):
+    from pixelseg.engine.config import Config, DataConfig, LossTerm, ModelConfig, TrainConfig
+
+    settings = {"name": "synthetic_volumes", "num_samples": 8, "val_samples": 2, "image_size": 16,
+                "patch_size": [16, 16, 16], "batch_size": 4, "vflip": True, "dflip": True, **data}
+    config = Config(model=ModelConfig(name="vnet", kwargs=dict(TINY_VNET)), data=DataConfig(**settings),
+                    loss=[LossTerm(name="vnet_dice")], train=TrainConfig(epochs=4, out_dir=str(tmp_path / "run")))
+    config.optim.lr = 3e-3
+    return config
+
+
+def test_pixelseg_train_trains_vnet_on_volumes_then_evaluates_and_predicts(tmp_path) -> None:
+    import csv
+
+    from pixelseg.engine.evaluate import evaluate
+    from pixelseg.engine.predict import predict
+    from pixelseg.engine.train import train
+
+    run = train(_volume_config(tmp_path), quiet=True)
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    losses = [float(row["train_loss"]) for row in rows]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    model = pixelseg.from_pretrained(run / "best")
+    assert model.pixelseg_config["data"]["spatial_dims"] == 3
+    scores = evaluate(run)
+    assert scores["images"] == 2 and len(scores["dice_per_class"]) == 3 and 0 <= scores["mean_dice"] <= 1
+    flipped = evaluate(run, tta_flip=True)  # left-right flip TTA works on volumes; scales do not
+    assert flipped["tta"]["flip"] and 0 <= flipped["mean_iou"] <= 1
+    with pytest.raises(PixelsegError, match="volumetric models take --tta-flip only"):
+        evaluate(run, tta_scales=[0.5, 1.0])
+    # Predict: a .npy and a multi-page .tif volume in a folder, one unreadable file reported, not fatal.
+    tifffile = pytest.importorskip("tifffile")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    volume = SyntheticVolumes(1, size=(12, 20, 16), seed=7)[0][0][0].numpy()
+    np.save(inputs / "a.npy", volume)
+    tifffile.imwrite(inputs / "b.tif", volume)
+    (inputs / "c.npy").write_bytes(b"not an array")
+    report = predict(run, inputs, tmp_path / "out")
+    assert len(report.failed) == 1 and "c.npy" in report.failed[0]
+    labels = np.load(tmp_path / "out" / "a.npy")
+    from pixelseg.data.volumes import normalize_volume
+
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(normalize_volume(volume[None]))[None]).argmax(1)[0]
+    assert labels.shape == (12, 20, 16) and np.array_equal(labels, expected.numpy())
+    assert np.array_equal(tifffile.imread(tmp_path / "out" / "b.tif"), labels)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"crop_size": 8}, "data.crop_size applies to 2D images"),
+    ({"patch_size": [8, 8]}, "three positive sizes"),
+    ({"name": "shapes", "patch_size": [8, 8, 8]}, "data.patch_size applies to volumes"),
+    ({"split_typo": None}, None),
+])
+def test_volume_configs_refuse_options_of_the_other_dimensionality(tmp_path, data, message) -> None:
+    from pixelseg.data.build import build_datasets, dataset_info
+
+    if message is None:
+        with pytest.raises(TypeError):
+            _volume_config(tmp_path, **data)
+        return
+    config = _volume_config(tmp_path, **data)
+    with pytest.raises(PixelsegError, match=message):
+        build_datasets(config.data, dataset_info(config.data))
+
+
+def test_predict_refuses_2d_only_options_for_volumetric_models(tmp_path) -> None:
+    from pixelseg.engine.predict import InferenceOptions, predict
+    from pixelseg.engine.train import train
+
+    config = _volume_config(tmp_path)
+    config.train.epochs = 1
+    run = train(config, quiet=True)
+    np.save(tmp_path / "v.npy", np.zeros((8, 8, 8), np.float32))
+    with pytest.raises(PixelsegError, match="--tile: not available for volumetric"):
+        predict(run, tmp_path / "v.npy", tmp_path / "out", options=InferenceOptions(tile=8))

@@ -493,3 +493,7 @@ def build_loss(terms: Sequence[dict[str, Any]], ignore_index: int = 255) -> nn.M
     if len(built) == 1 and built[0][1] == 1.0:
         return built[0][0]
     return WeightedSum([module for module, _ in built], [weight for _, weight in built])
+
+
+# The paper V-Net's Dice loss lives with the 3D scores; importing it registers ``vnet_dice``.
+from . import metrics3d  # noqa: E402,F401

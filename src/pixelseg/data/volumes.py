@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from ..errors import PixelsegError
 
 VOLUME_SUFFIXES = (".npy", ".tif", ".tiff")
+VolumeTransform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def read_volume(path: str | Path) -> np.ndarray:
@@ -85,7 +86,7 @@ class VolumeFolder(Dataset):
     """
 
     def __init__(self, images: str | Path, labels: str | Path, *, num_classes: int | None = None,
-                 normalize: bool = True, transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+                 normalize: bool = True, transform: VolumeTransform | None = None,
                  ignore_index: int = 255) -> None:
         self.images_dir, self.labels_dir = Path(images), Path(labels)
         for folder in (self.images_dir, self.labels_dir):
@@ -162,8 +163,9 @@ class SyntheticVolumes(Dataset):
     in_channels = 1
 
     def __init__(self, num_samples: int = 16, *, size: Sequence[int] = (32, 32, 32), seed: int = 0,
-                 noise: float = 0.6) -> None:
+                 noise: float = 0.6, transform: VolumeTransform | None = None) -> None:
         self.num_samples, self.size, self.seed, self.noise = num_samples, tuple(size), seed, noise
+        self.transform = transform
 
     def __len__(self) -> int:
         return self.num_samples
@@ -172,7 +174,8 @@ class SyntheticVolumes(Dataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
         image, label = render_volume(self.seed * 1_000_003 + index, self.size, noise=self.noise)
-        return torch.from_numpy(image), torch.from_numpy(label)
+        sample = torch.from_numpy(image), torch.from_numpy(label)
+        return self.transform(*sample) if self.transform is not None else sample
 
 
 def isbi2012_volume(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -191,3 +194,83 @@ def isbi2012_volume(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
         images.append(np.asarray(Image.open(image_path).convert("L")))
         labels.append((np.asarray(Image.open(label_path).convert("L")) > 127).astype(np.int64))
     return np.stack(images), np.stack(labels)
+
+
+ISBI_VOLUME_SPLIT_COLUMN = 384  # columns 0..383 of every section train, 384..511 are held out
+
+
+class ISBI2012Volume(Dataset):
+    """The ISBI 2012 stack as one serial-section EM volume, split in space rather than by section:
+    ``"train"`` is columns 0–383 of all 30 sections (30x512x384 voxels), ``"val"`` the held-out block of
+    columns 384–511 (30x512x128), ``"all"`` the whole 30x512x512 volume. Each split is z-scored on its
+    own; one sample per split (train on random patches of it: ``RandomVolumePatch`` and ``data.repeats``).
+    """
+
+    classes = ["membrane", "cell"]
+    palette = [(0, 0, 0), (255, 255, 255)]
+    num_classes = 2
+    in_channels = 1
+    splits = ("train", "val", "all")
+
+    def __init__(self, root: str | Path, split: str = "train", *, transform: VolumeTransform | None = None) -> None:
+        if split not in self.splits:
+            raise PixelsegError(f"the ISBI 2012 volume has the splits {', '.join(self.splits)}, not '{split}'")
+        image, label = isbi2012_volume(root)
+        columns = {"train": slice(0, ISBI_VOLUME_SPLIT_COLUMN), "val": slice(ISBI_VOLUME_SPLIT_COLUMN, None),
+                   "all": slice(None)}[split]
+        self.image = np.ascontiguousarray(normalize_volume(image[None, ..., columns].astype(np.float32)))
+        self.label = np.ascontiguousarray(label[..., columns])
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if index != 0:
+            raise IndexError(index)
+        sample = torch.from_numpy(self.image), torch.from_numpy(self.label)
+        return self.transform(*sample) if self.transform is not None else sample
+
+
+class RandomVolumePatch:
+    """Joint training augmentation for volumes ``(C, D, H, W)`` + labels ``(D, H, W)``: a random
+    ``patch_size`` (D, H, W) crop (a volume smaller than the patch is padded: image with 0, labels with
+    ``ignore_index``), random flips in the section plane (``hflip``: width, ``vflip``: height),
+    ``rotate90`` quarter turns in the plane (square patches) and ``dflip`` along the depth. Randomness
+    comes from torch's global generator, which the trainer seeds per epoch (exact resume)."""
+
+    def __init__(self, patch_size: Sequence[int] | None = None, *, hflip: bool = True, vflip: bool = False,
+                 rotate90: bool = False, dflip: bool = False, ignore_index: int = 255) -> None:
+        if patch_size is not None and (len(patch_size) != 3 or min(patch_size) < 1):
+            raise PixelsegError(f"data.patch_size must be three positive sizes [D, H, W], not {list(patch_size)}")
+        if rotate90 and patch_size is not None and patch_size[1] != patch_size[2]:
+            raise PixelsegError("data.rotate90 on volumes needs a square patch in the plane (H = W in "
+                                f"data.patch_size), not {list(patch_size)}")
+        self.patch_size = tuple(int(p) for p in patch_size) if patch_size is not None else None
+        self.hflip, self.vflip, self.rotate90, self.dflip = hflip, vflip, rotate90, dflip
+        self.ignore_index = ignore_index
+
+    @staticmethod
+    def _coin() -> bool:
+        return bool(torch.rand(()) < 0.5)
+
+    def __call__(self, image: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
+        if self.patch_size is not None:
+            shortfall = [max(0, p - s) for p, s in zip(self.patch_size, label.shape, strict=True)]
+            if any(shortfall):
+                pads = (0, shortfall[2], 0, shortfall[1], 0, shortfall[0])
+                image = torch.nn.functional.pad(image, pads)
+                label = torch.nn.functional.pad(label, pads, value=self.ignore_index)
+            starts = [int(torch.randint(0, s - p + 1, ())) for s, p in zip(label.shape, self.patch_size, strict=True)]
+            box = tuple(slice(a, a + p) for a, p in zip(starts, self.patch_size, strict=True))
+            image, label = image[(slice(None), *box)], label[box]
+        if self.hflip and self._coin():
+            image, label = image.flip(-1), label.flip(-1)
+        if self.vflip and self._coin():
+            image, label = image.flip(-2), label.flip(-2)
+        if self.dflip and self._coin():
+            image, label = image.flip(-3), label.flip(-3)
+        if self.rotate90:
+            turns = int(torch.randint(0, 4, ()))
+            image, label = image.rot90(turns, (-2, -1)), label.rot90(turns, (-2, -1))
+        return image.contiguous(), label.contiguous()

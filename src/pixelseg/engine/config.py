@@ -33,7 +33,11 @@ class DataConfig:
     """Which dataset, where, and how to augment it.
 
     ``name``: ``shapes`` (built in), ``folder`` (``train_images``/``train_masks`` and
-    ``val_images``/``val_masks``), ``camvid`` or ``isbi2012`` (``root``).
+    ``val_images``/``val_masks``), ``camvid`` or ``isbi2012`` (``root``). Volumes for 3D models (V-Net):
+    ``volumes`` (``.npy``/``.tif`` stacks in the same four folder keys, ``classes`` given),
+    ``synthetic_volumes`` (built in: ``num_samples``/``val_samples`` cubes of side ``image_size``) and
+    ``isbi2012_volume`` (``root``: the ISBI 2012 stack as one EM volume); they train on random
+    ``patch_size`` [D, H, W] crops with ``hflip``/``vflip``/``rotate90`` in the plane and ``dflip``.
     """
 
     name: str = "shapes"
@@ -55,6 +59,8 @@ class DataConfig:
     mean: list[float] | None = None
     std: list[float] | None = None
     crop_size: int | None = None
+    patch_size: list[int] | None = None  # volumes: random training crops [D, H, W]
+    dflip: bool = False  # volumes: random flips along the depth
     scale_range: list[float] | None = None
     hflip: bool = True
     vflip: bool = False

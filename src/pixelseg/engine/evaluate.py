@@ -52,6 +52,8 @@ def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides
         if not hasattr(data_config, key):
             raise PixelsegError(f"unknown data key '{key}'")
         setattr(data_config, key, value)
+    if info.spatial_dims == 3 and any(scale != 1.0 for scale in tta["scales"]):
+        raise PixelsegError("--tta-scales: multi-scale TTA resizes 2D images; volumetric models take --tta-flip only")
     split = split or data_config.val_split
     dataset = build_eval_dataset(data_config, info, split)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)

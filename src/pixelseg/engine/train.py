@@ -170,7 +170,8 @@ def _plot_curves(out_dir: Path, history: list[dict[str, Any]]) -> None:
         if any(v is not None and v == v for v in values):
             right.plot(epochs, values, marker="o", label=key)
     right.set_xlabel("epoch")
-    right.legend()
+    if right.lines:  # no validation yet (train.val_every > epochs so far): nothing to label
+        right.legend()
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
