@@ -18,7 +18,6 @@ weight 3; appearance: 80 px, 13 intensity levels, weight 10; 5 iterations).
 from __future__ import annotations
 
 import functools
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,66 +45,22 @@ def bilateral_features(image: Tensor | np.ndarray, sxy: float, srgb: float) -> T
 
 
 class GaussianKernel:
-    """One symmetrically normalised Gaussian kernel ``D^-1/2 K D^-1/2`` over fixed features."""
+    """One symmetrically normalised Gaussian kernel ``D^-1/2 K D^-1/2`` over fixed features.
+
+    The normalisation is folded into the lattice's splatting and slicing weights. ``peak`` is the
+    largest value of the normalised kernel applied to ones: filtering values in [0, 1] gives values
+    in [0, peak] (every weight of the filter is non-negative).
+    """
 
     def __init__(self, features: Tensor) -> None:
         self.lattice = PermutohedralLattice(features)
         with torch.no_grad():
             ones = torch.ones(features.shape[0], 1, device=features.device)
-            self.norm = torch.rsqrt(self.lattice.filter(ones) + 1e-20)
+            self.lattice.rescale(torch.rsqrt(self.lattice.filter(ones) + 1e-20).squeeze(1))
+            self.peak = float(self.lattice.filter(ones).max())
 
     def __call__(self, values: Tensor) -> Tensor:
-        norm = self.norm.to(values.dtype)
-        return norm * self.lattice.filter(norm * values)
-
-
-class WeightedKernelSum:
-    """``sum_m w_m k_m(values)`` for fixed scalar weights in one splat, one blur and one slice.
-
-    The lattices of all kernels are stacked into one (each keeps its own empty vertex, and a lattice
-    with fewer axes sees empty neighbours on the extra axes, which leaves it unchanged), and the
-    normalisations, the constant ``alpha`` and the weights are folded into the sparse matrices.
-    """
-
-    def __init__(self, kernels: list[GaussianKernel], weights: list[float], dtype: torch.dtype,
-                 device: torch.device) -> None:
-        axes = max(kernel.lattice.dim + 1 for kernel in kernels)
-        splat_rows, splat_cols, splat_values, slice_cols, slice_values, neighbours = [], [], [], [], [], []
-        row_offset, entry_offset = 0, 0
-        for kernel, weight in zip(kernels, weights, strict=True):
-            lattice = kernel.lattice
-            splat, _ = lattice._sparse_operators(dtype, device)
-            norm = kernel.norm.to(device, dtype).reshape(-1)
-            columns = splat.col_indices()
-            splat_rows.append(splat.crow_indices()[:-1] + entry_offset)
-            splat_cols.append(columns)
-            splat_values.append(splat.values() * norm[columns])
-            slice_cols.append(lattice.offsets.to(device) + row_offset)
-            slice_values.append(lattice.weights.to(device, dtype) * (weight * lattice.alpha * norm)[:, None])
-            own = lattice.neighbours.to(device) + row_offset
-            empty = torch.full((axes - own.shape[0], 2, own.shape[2]), row_offset, device=device)
-            neighbours.append(torch.cat([own, empty]))
-            row_offset += lattice.num_vertices + 1
-            entry_offset += columns.numel()
-        splat_rows.append(torch.tensor([entry_offset], device=device))
-        points = kernels[0].lattice.num_points
-        per_point = sum(cols.shape[1] for cols in slice_cols)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            self.splat = torch.sparse_csr_tensor(torch.cat(splat_rows), torch.cat(splat_cols),
-                                                 torch.cat(splat_values), (row_offset, points))
-            self.slice = torch.sparse_csr_tensor(
-                torch.arange(0, points * per_point + 1, per_point, device=device),
-                torch.cat(slice_cols, dim=1).reshape(-1), torch.cat(slice_values, dim=1).reshape(-1),
-                (points, row_offset))
-        self.neighbours = torch.cat(neighbours, dim=2)                  # (axes, 2, total vertices)
-
-    def __call__(self, values: Tensor) -> Tensor:
-        lattice = self.splat @ values
-        for axis in range(self.neighbours.shape[0]):
-            lattice = lattice + 0.5 * (lattice.index_select(0, self.neighbours[axis, 0])
-                                       + lattice.index_select(0, self.neighbours[axis, 1]))
-        return self.slice @ lattice
+        return self.lattice.filter(values)
 
 
 @functools.lru_cache(maxsize=4)
@@ -121,19 +76,47 @@ def mean_field(unary: Tensor, kernels: list[GaussianKernel], weights: list[float
     ``compatibility`` (C, C) is the label compatibility mu; ``None`` means Potts, mu = [l != l'].
     Each step: Q <- softmax(-U - mu . sum_m w_m k_m * Q), where ``*`` is the Gaussian filter.
     """
-    q = torch.softmax(-unary, dim=1)
     fixed = not isinstance(weights, Tensor)
-    combined = WeightedKernelSum(kernels, list(weights), unary.dtype, unary.device) if fixed else None
+    if fixed and compatibility is None and not (torch.is_grad_enabled() and unary.requires_grad):
+        potts = _potts_mean_field(unary, kernels, [float(weight) for weight in weights], iterations)
+        if potts is not None:
+            return potts
+    q = torch.softmax(-unary, dim=1)
     for _ in range(iterations):
-        if combined is not None:
-            message = combined(q)
-        else:
-            message = sum(weight * kernel(q) for weight, kernel in zip(weights, kernels, strict=True))
+        message = sum(weight * kernel(q) for weight, kernel in zip(weights, kernels, strict=True))
         if compatibility is None:  # Potts: the sum over l' != l differs from -message by a constant
             logits = -unary + message
         else:
             logits = -unary - message @ compatibility.T
         q = torch.softmax(logits, dim=1)
+    return q
+
+
+def _potts_mean_field(unary: Tensor, kernels: list[GaussianKernel], weights: list[float],
+                      iterations: int) -> Tensor | None:
+    """The Potts, fixed-weight mean field without gradients, in place in two (N, C) buffers.
+
+    The softmax needs no maximum per point: with U' = U - min_l U (0 at each point's best label),
+    exp(message - U') lies in [exp(lower), exp(upper)] at the best label and below exp(upper) elsewhere,
+    where the message bounds come from the kernels' peaks. ``None`` if they are too wide for float32.
+    """
+    upper = sum(max(weight, 0.0) * kernel.peak for weight, kernel in zip(weights, kernels, strict=True))
+    lower = sum(min(weight, 0.0) * kernel.peak for weight, kernel in zip(weights, kernels, strict=True))
+    if upper > 60.0 or lower < -60.0:
+        return None
+    with torch.no_grad():
+        shifted = torch.sub(unary, unary.amin(1, keepdim=True), out=unary.new_empty(unary.shape))
+        row_sum = unary.new_empty(unary.shape[0], 1)
+        ones = unary.new_ones(unary.shape[1], 1)
+        q = torch.neg(shifted).exp_()
+        q.div_(torch.mm(q, ones, out=row_sum))
+        message = torch.empty_like(q)
+        workspaces: list[dict[str, Tensor]] = [{} for _ in kernels]
+        for _ in range(iterations):
+            for index, (weight, kernel) in enumerate(zip(weights, kernels, strict=True)):
+                kernel.lattice.filter_into(q, message, weight, accumulate=index > 0, workspace=workspaces[index])
+            q, message = message.sub_(shifted).exp_(), q
+            q.div_(torch.mm(q, ones, out=row_sum))
     return q
 
 

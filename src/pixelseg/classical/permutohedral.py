@@ -9,9 +9,21 @@ result back at the points. The cost is linear in the number of points and only p
 
 This version follows the lattice as used by Krähenbühl & Koltun's dense CRF code (the same scale
 factors, rounding, tie breaking when sorting the remainders, blur kernel and the normalising
-constant ``1 / (1 + 2^-d)``) so that its output agrees with ``pydensecrf``. The lattice is built once
-(without gradients) from the features; :meth:`PermutohedralLattice.filter` is made of gathers and
-index-adds only, so it runs on any device and is differentiable with respect to the filtered values.
+constant ``1 / (1 + 2^-d)``) so that its output agrees with ``pydensecrf``. Instead of a hash table,
+the lattice is built with sorts: points sharing a simplex are grouped (one sort of N integer codes),
+and the vertices of the distinct simplices are deduplicated (one sort of (d+1) x simplices codes).
+Filtering is three sparse (CSR) products and the blur's gathers:
+
+- splat, in two steps: each simplex corner ("slot") sums the weighted values of the points of its
+  simplex, ``slots = Z @ values``, then each vertex sums its slots, ``lattice = P @ slots``. Z is
+  known without sorting the N(d+1) (point, vertex) pairs by vertex: with the slots numbered corner
+  by corner, the rows of each corner list all the points, grouped by simplex;
+- blur: ``lattice += (lattice[left] + lattice[right]) / 2`` along each axis, from gathered copies;
+- slice: ``out = S @ lattice`` with the barycentric weights of each point (S is (P Z)^T).
+
+The lattice is built once (without gradients) from the features; :meth:`PermutohedralLattice.filter`
+runs on any device and is differentiable in the filtered values (its backward pass is the transposed
+filter: the same products with the axes blurred in reverse order).
 """
 
 from __future__ import annotations
@@ -39,162 +51,212 @@ class PermutohedralLattice:
     def _build(self, features: Tensor) -> None:
         device = features.device
         num_points, d = features.shape
+        width = d + 1
         self.num_points, self.dim = num_points, d
 
         # Elevate onto the hyperplane sum = 0 of R^(d+1), scaled so that the blur matches a unit
-        # Gaussian (p. 5-6 of Adams et al.); float32 arithmetic in the reference's order.
-        inv_std_dev = float(torch.tensor(math.sqrt(2.0 / 3.0) * (d + 1), dtype=torch.float32))
+        # Gaussian (p. 5-6 of Adams et al.); float32 arithmetic in the reference's order. Points are
+        # columns: (d+1, N) arrays, so that sums over a point's coordinates are vector additions.
+        inv_std_dev = float(torch.tensor(math.sqrt(2.0 / 3.0) * width, dtype=torch.float32))
         scale = [float(torch.tensor(inv_std_dev / math.sqrt((i + 2) * (i + 1)), dtype=torch.float32))
                  for i in range(d)]
-        elevated = torch.empty(num_points, d + 1, device=device)
+        elevated = torch.empty(width, num_points, device=device)
         running_sum = torch.zeros(num_points, device=device)
         for j in range(d, 0, -1):
             scaled = features[:, j - 1] * scale[j - 1]
-            elevated[:, j] = running_sum - j * scaled
-            running_sum = running_sum + scaled
-        elevated[:, 0] = running_sum
+            torch.sub(running_sum, scaled * j, out=elevated[j])
+            running_sum += scaled
+        elevated[0] = running_sum
 
-        # The closest lattice point of colour 0: round each coordinate to a multiple of d+1.
-        down_factor = float(torch.tensor(1.0 / (d + 1), dtype=torch.float32))
-        scaled_down = elevated * down_factor
-        up = torch.ceil(scaled_down) * (d + 1)
-        down = torch.floor(scaled_down) * (d + 1)
-        nearest = torch.where(up - elevated < elevated - down, up, down)   # exact integers in float32
-        coordinate_sum = (nearest.sum(1, keepdim=True) * down_factor).round()
+        # The closest lattice point of colour 0: each coordinate rounded to a multiple of d+1 (the
+        # reference's ``up - x < x - down``, ties down).
+        down_factor = float(torch.tensor(1.0 / width, dtype=torch.float32))
+        nearest = torch.mul(elevated, down_factor).floor_().mul_(width)
+        residual = elevated - nearest
+        shift = torch.add(nearest, width).sub_(elevated)
+        shift.copy_(shift < residual).mul_(width)
+        nearest += shift
+        residual -= shift                                                # elevated - nearest, exactly
+        coordinate_sum = (nearest.sum(0) * down_factor).round_().to(torch.int8)
 
-        # Rank of each remainder in decreasing order, ties to the lower index (as the reference), by
-        # comparing the d+1 columns pairwise: cheaper than sorting many short rows.
-        columns = (elevated - nearest).T.contiguous()                   # (d+1, N) remainders
-        rank_t = torch.zeros(d + 1, num_points, device=device)
-        for i in range(d + 1):
-            for j in range(i + 1, d + 1):
-                i_first = columns[i] >= columns[j]
-                rank_t[j] += i_first
-                rank_t[i] += ~i_first
-        rank = rank_t.T + coordinate_sum
+        # Rank of each residual in decreasing order, ties to the lower index (as the reference), by
+        # comparing the d+1 rows pairwise (int8: cheaper than sorting N short columns).
+        rank = torch.arange(width, dtype=torch.int8, device=device)[:, None].repeat(1, num_points)
+        larger = torch.empty(num_points, dtype=torch.bool, device=device)
+        larger_count = larger.view(torch.int8)
+        for i in range(d):
+            for j in range(i + 1, width):
+                torch.lt(residual[i], residual[j], out=larger)
+                rank[i] += larger_count
+                rank[j] -= larger_count
+        rank += coordinate_sum
         # Ranks outside 0..d wrap around, moving the nearest point by d+1 along that axis.
-        shift = ((rank < 0).to(torch.float32) - (rank > d).to(torch.float32)) * (d + 1)
-        rank = (rank + shift).long()
-        nearest = nearest + shift
+        wraps = (rank < 0).to(torch.int8) - (rank > d).to(torch.int8)
+        rank += wraps * width
+        nearest += wraps * width
 
-        # Barycentric coordinates (p. 10 of Adams et al.).
-        contribution = (elevated - nearest) * down_factor
-        nearest = nearest.round().long()
-        barycentric = torch.zeros(num_points, d + 2, device=device)
-        barycentric.scatter_add_(1, d - rank, contribution)
-        barycentric.scatter_add_(1, d - rank + 1, -contribution)
-        barycentric[:, 0] += 1.0 + barycentric[:, d + 1]
-        self.weights = barycentric[:, : d + 1].contiguous()               # (N, d+1)
+        # Barycentric coordinates (p. 10 of Adams et al.): with y_k the k-th smallest of the
+        # contributions (the one of rank d - k), vertex r has weight y_r - y_(r-1), and 1 + y_0 - y_d for
+        # r = 0. The contributions are sorted by a network of min/max steps (odd-even transposition).
+        by_rank = list(torch.sub(elevated, nearest, out=residual).mul_(down_factor).unbind(0))
+        for step in range(width):
+            for k in range(step % 2, d, 2):
+                by_rank[k], by_rank[k + 1] = torch.minimum(by_rank[k], by_rank[k + 1]), torch.maximum(
+                    by_rank[k], by_rank[k + 1])
+        weights = torch.empty(num_points, width, device=device)          # (N, d+1)
+        for r in range(1, width):
+            torch.sub(by_rank[r], by_rank[r - 1], out=weights[:, r])
+        torch.add(by_rank[0], 1.0 - by_rank[d], out=weights[:, 0])
 
-        # The d+1 vertices of each point's simplex: vertex r has key_i = nearest_i + r - (d+1)[rank_i > d-r]
-        # (only the first d coordinates: they sum to 0). Keys are handled as mixed-radix int64 codes,
-        # so a vertex's code is the code of ``nearest`` plus a per-vertex shift, and a neighbour's code
-        # is the vertex's code plus a constant per lattice axis.
-        nearest_keys = nearest[:, :d]
-        low = nearest_keys.min(0).values - 2 * (d + 1)
-        span = nearest_keys.max(0).values + 2 * (d + 1) - low + 1
-        if math.prod(int(extent) for extent in span) >= 2**62:
+        # Integer codes of lattice keys (the first d coordinates: they sum to 0): mixed radix with
+        # a margin, so that a vertex's code is the code of ``nearest`` plus a per-vertex shift and a
+        # neighbour's code is the vertex's code plus a constant per lattice axis.
+        low = nearest[:d].amin(1).to(torch.long) - 2 * width
+        span = nearest[:d].amax(1).to(torch.long) + 2 * width - low + 1
+        spans = [int(extent) for extent in span]
+        if math.prod(spans) * width ** width >= 2**62:
             raise ValueError("the features span too many lattice cells; use larger kernel bandwidths")
-        stride = torch.ones(d, dtype=torch.long, device=device)
-        for i in range(d - 2, -1, -1):
-            stride[i] = stride[i + 1] * span[i + 1]
-        base = ((nearest_keys - low) * stride).sum(1)
-        total = stride.sum()
+        stride = [math.prod(spans[i + 1:]) for i in range(d)]
+        total = sum(stride)                                              # code of (1, ..., 1)
+        base = torch.full((num_points,), -sum(s * int(m) for s, m in zip(stride, low, strict=True)),
+                          dtype=torch.long, device=device)
+        for i in range(d):
+            base += nearest[i].to(torch.long) * stride[i]
 
-        # Points with the same (nearest, rank) share their simplex: group them (a lexicographic
-        # sort of the N points) and find the vertices of each distinct simplex only once.
-        permutation_code = (rank * (d + 1) ** torch.arange(d + 1, device=device)).sum(1)
-        by_permutation = torch.sort(permutation_code, stable=True).indices
-        order = by_permutation[torch.sort(base[by_permutation], stable=True).indices]
-        sorted_base, sorted_permutation = base[order], permutation_code[order]
+        # Points with the same (nearest, rank) share their simplex: group them with one sort and
+        # find the vertices of each distinct simplex once.
+        simplex_code = base * width ** width
+        for i in range(width):
+            simplex_code += rank[i].to(torch.long) * width ** i
+        sorted_codes, order = torch.sort(simplex_code)
         starts_group = torch.ones(num_points, dtype=torch.bool, device=device)
-        starts_group[1:] = (sorted_base[1:] != sorted_base[:-1]) | (sorted_permutation[1:] != sorted_permutation[:-1])
-        group_start = torch.nonzero(starts_group).squeeze(1)               # (S,) into ``order``
+        torch.ne(sorted_codes[1:], sorted_codes[:-1], out=starts_group[1:])
+        group_of_position = starts_group.cumsum(0) - 1
+        group_start = torch.nonzero(starts_group).squeeze(1)              # (S,) into ``order``
+        simplices = group_start.shape[0]
         group_size = torch.diff(group_start, append=group_start.new_tensor([num_points]))
-        simplex_of_point = torch.empty_like(order).scatter_(0, order, starts_group.long().cumsum(0) - 1)
+        simplex_of_point = torch.empty_like(order).scatter_(0, order, group_of_position)
 
-        # Codes of the d+1 vertices of each simplex, from one point of it.
+        # Vertex r of a simplex: key_i = nearest_i + r - (d+1) [rank_i > d - r]. Slot s*(d+1) + r.
         first = order[group_start]
-        simplices = first.shape[0]
-        stride_of_rank = torch.zeros(simplices, d + 1, dtype=torch.long, device=device)
-        stride_of_rank.scatter_(1, rank[first], torch.cat([stride, stride.new_zeros(1)]).expand(simplices, -1))
-        suffix = stride_of_rank.flip(1).cumsum(1).flip(1)                # sum over ranks >= k
-        wrapped = torch.cat([suffix.new_zeros(simplices, 1), suffix[:, 1:].flip(1)], dim=1)
-        codes = base[first, None] + remainders_times(total, d, device) - (d + 1) * wrapped
-        sorted_codes, slots_by_vertex = torch.sort(codes.reshape(-1))
-        vertex_codes, vertex_of_sorted = torch.unique_consecutive(sorted_codes, return_inverse=True)
-        vertex_of_slot = torch.empty_like(vertex_of_sorted).scatter_(0, slots_by_vertex, vertex_of_sorted)
+        first_rank = rank[:d].index_select(1, first)                      # (d, S)
+        stride_column = torch.tensor(stride, device=device)[:, None]
+        codes = torch.empty(simplices, width, dtype=torch.long, device=device)
+        first_base = base[first]
+        for r in range(width):
+            codes[:, r] = first_base + (r * total) - width * ((first_rank > d - r) * stride_column).sum(0)
+        sorted_vertex_codes, slots_by_vertex = torch.sort(codes.reshape(-1))
+        vertex_codes, vertex_of_sorted, slots_per_vertex = torch.unique_consecutive(
+            sorted_vertex_codes, return_inverse=True, return_counts=True)
         self.num_vertices = vertex_codes.shape[0]
-        self.offsets = vertex_of_slot.reshape(simplices, d + 1)[simplex_of_point] + 1  # 0: the empty vertex
+        index = torch.int32                                                # sparse indices
+        vertex_of_slot = torch.empty(simplices * width, dtype=index, device=device).scatter_(
+            0, slots_by_vertex, (vertex_of_sorted + 1).to(index))
 
-        # The (point, vertex) entries grouped by vertex, for splatting: slot by slot in vertex order,
-        # the points of the slot's simplex (consecutive in ``order``).
-        slot_size = group_size[slots_by_vertex // (d + 1)]
-        slot_first = group_start[slots_by_vertex // (d + 1)]
-        shift = torch.repeat_interleave(slot_first - (slot_size.cumsum(0) - slot_size), slot_size)
-        position = shift + torch.arange(shift.shape[0], device=device)
-        axis = torch.repeat_interleave(slots_by_vertex % (d + 1), slot_size)
-        self._entries_by_vertex = order[position] * (d + 1) + axis
-        self._entries_per_vertex = torch.zeros(self.num_vertices, dtype=torch.long, device=device).index_add_(
-            0, vertex_of_slot, group_size.repeat_interleave(d + 1))
+        # Z (slots x N): slot s*(d+1) + r lists the points of simplex s (``order``'s run for s) with
+        # their weight for vertex r; the d+1 rows of a simplex are adjacent, so that its points' values
+        # are read while in cache.
+        entry = (torch.arange(num_points, device=device) + d * group_start[group_of_position])[:, None] + (
+            torch.arange(width, device=device) * group_size[group_of_position][:, None])  # (N, d+1)
+        entry = entry.reshape(-1)
+        self._splat_rows = torch.cat([(width * group_start[:, None] + torch.arange(width, device=device)
+                                       * group_size[:, None]).reshape(-1),
+                                      group_start.new_tensor([width * num_points])]).to(index)
+        self._splat_columns = torch.empty(width * num_points, dtype=index, device=device).scatter_(
+            0, entry, order.to(index)[:, None].expand(-1, width).reshape(-1))
+        self._splat_values = torch.empty(width * num_points, device=device).scatter_(
+            0, entry, weights.index_select(0, order).reshape(-1))
+        # P ((M+1) x slots): each vertex sums its slots (row 0 of the lattice is an always-empty vertex).
+        self._gather_rows = torch.cat([slots_per_vertex.new_zeros(2), slots_per_vertex.cumsum(0)]).to(index)
+        self._gather_columns = slots_by_vertex.to(index)
+        # S (N x (M+1)): a point reads the d+1 vertices of its simplex.
+        self._slice_rows = torch.arange(0, num_points * width + 1, width, device=device, dtype=index)
+        self._slice_columns = vertex_of_slot.view(simplices, width).index_select(0, simplex_of_point).reshape(-1)
+        self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
+        self._slice_values = weights.mul_(self.alpha).reshape(-1)
 
         # Neighbours along each of the d+1 lattice axes: all coordinates -1 and axis j +d (and mirrored).
-        axis_shift = torch.cat([(d + 1) * stride, stride.new_zeros(1)])
-        deltas = torch.stack([-total + axis_shift, total - axis_shift], dim=1)  # (d+1, 2)
+        axis_shift = torch.tensor([width * s for s in stride] + [0], device=device)
+        deltas = torch.stack([axis_shift - total, total - axis_shift], dim=1)  # (d+1, 2)
         queries = vertex_codes[None, None, :] + deltas[:, :, None]
-        position = torch.searchsorted(vertex_codes, queries).clamp(max=self.num_vertices - 1)
+        position = torch.searchsorted(vertex_codes, queries).clamp_(max=self.num_vertices - 1)
         found = vertex_codes[position] == queries
         neighbours = torch.where(found, position + 1, torch.zeros_like(position))
-        empty = torch.zeros(d + 1, 2, 1, dtype=torch.long, device=device)
+        empty = torch.zeros(width, 2, 1, dtype=torch.long, device=device)
         self.neighbours = torch.cat([empty, neighbours], dim=2)           # (d+1, 2, M+1)
-        self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
-        self._operators_key: tuple[torch.dtype, torch.device] | None = None
-        self._operators: tuple[Tensor, Tensor] = ()  # type: ignore[assignment]
+        self._operators: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
+
+    def rescale(self, point_scale: Tensor) -> None:
+        """Fold a per-point factor s (N,) into both ends: the filter becomes ``diag(s) F diag(s)``."""
+        scale = point_scale.detach().to(self._splat_values)
+        self._splat_values.mul_(scale.index_select(0, self._splat_columns))
+        self._slice_values.view(-1, self.dim + 1).mul_(scale[:, None])
+        self._operators = {}
 
     def to(self, device: torch.device | str) -> PermutohedralLattice:
-        for name in ("weights", "offsets", "neighbours", "_entries_by_vertex", "_entries_per_vertex"):
+        for name in ("neighbours", "_splat_rows", "_splat_columns", "_splat_values", "_gather_rows",
+                     "_gather_columns", "_slice_rows", "_slice_columns", "_slice_values"):
             setattr(self, name, getattr(self, name).to(device))
-        self._operators_key = None
+        self._operators = {}
         return self
 
     def filter(self, values: Tensor) -> Tensor:
         """Gaussian-filter ``values`` (N, C) over the lattice: splat, blur, slice. Differentiable."""
-        if values.dim() != 2 or values.shape[0] != self.num_points:
-            raise ValueError(f"values must be ({self.num_points}, C), got shape {tuple(values.shape)}")
+        self._check(values)
         if torch.is_grad_enabled() and values.requires_grad:
             return _LatticeFilter.apply(values, self)
-        return self._apply(values)
+        return self.filter_into(values)
 
-    def _apply(self, values: Tensor, reverse: bool = False) -> Tensor:
-        """The filter, or with ``reverse`` its transpose: the splatting matrix is the transpose of the
-        slicing one and each axis blur is symmetric, so the transpose blurs the axes in reverse order."""
-        splat, slice_ = self._sparse_operators(values.dtype, values.device)
-        lattice = splat @ values                                          # (M+1, C)
-        for axis in reversed(range(self.dim + 1)) if reverse else range(self.dim + 1):
-            lattice = lattice + 0.5 * (lattice.index_select(0, self.neighbours[axis, 0])
-                                       + lattice.index_select(0, self.neighbours[axis, 1]))
-        return (slice_ @ lattice) * self.alpha
+    def filter_into(self, values: Tensor, out: Tensor | None = None, weight: float = 1.0,
+                    accumulate: bool = False, reverse: bool = False,
+                    workspace: dict[str, Tensor] | None = None) -> Tensor:
+        """``out (+)= weight * filter(values)`` without gradients, or with ``reverse`` the transposed
+        filter (the splatting matrix is the transpose of the slicing one and each axis blur is
+        symmetric, so the transpose blurs the axes in reverse order). A ``workspace`` dict keeps the
+        large per-slot buffer between calls (filling fresh memory costs as much as the product)."""
+        splat, gather, slice_ = self._sparse_operators(values.dtype, values.device)
+        with torch.no_grad():
+            slots_shape = (splat.shape[0], values.shape[1])
+            slots = None if workspace is None else workspace.get("slots")
+            if slots is None or slots.shape != slots_shape or slots.dtype != values.dtype:
+                slots = values.new_empty(slots_shape)
+                if workspace is not None:
+                    workspace["slots"] = slots
+            lattice = gather @ torch.addmm(slots, splat, values, beta=0.0, out=slots)   # (M+1, C)
+            rows, channels = lattice.shape
+            gathered = lattice.new_empty(2 * rows, channels)
+            halves = gathered.view(2, rows, channels)
+            axes = range(self.dim + 1)
+            for axis in reversed(axes) if reverse else axes:
+                torch.index_select(lattice, 0, self.neighbours[axis].reshape(-1), out=gathered)
+                lattice.add_(halves[0].add_(halves[1]), alpha=0.5)
+            if out is None:
+                return torch.mm(slice_, lattice).mul_(weight) if weight != 1.0 else slice_ @ lattice
+            return torch.addmm(out, slice_, lattice, beta=1.0 if accumulate else 0.0, alpha=weight, out=out)
 
-    def _sparse_operators(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Splatting (M+1, N) and slicing (N, M+1) as sparse CSR matrices of barycentric weights."""
+    def _check(self, values: Tensor) -> None:
+        if values.dim() != 2 or values.shape[0] != self.num_points:
+            raise ValueError(f"values must be ({self.num_points}, C), got shape {tuple(values.shape)}")
+
+    def _sparse_operators(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Z (slots x N), P ((M+1) x slots) and S (N x (M+1)) as sparse CSR matrices."""
         key = (dtype, device)
-        if self._operators_key != key:
-            with torch.no_grad(), warnings.catch_warnings():
+        if key not in self._operators:
+            slots = self._splat_rows.numel() - 1
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-                width = self.dim + 1
-                vertices = self.num_vertices + 1
-                offsets = self.offsets.to(device).reshape(-1)
-                weights = self.weights.to(device, dtype).reshape(-1)
-                row_starts = torch.arange(0, self.num_points * width + 1, width, device=device)
-                slice_ = torch.sparse_csr_tensor(row_starts, offsets, weights, (self.num_points, vertices))
-                by_vertex = self._entries_by_vertex.to(device)               # entries grouped by vertex
-                counts = torch.cat([self._entries_per_vertex.new_zeros(2), self._entries_per_vertex])
-                vertex_starts = counts.to(device).cumsum(0)
-                splat = torch.sparse_csr_tensor(vertex_starts, by_vertex // width, weights[by_vertex],
-                                                (vertices, self.num_points))
-            self._operators = (splat, slice_)
-            self._operators_key = key
-        return self._operators
+                splat = torch.sparse_csr_tensor(
+                    self._splat_rows.to(device), self._splat_columns.to(device),
+                    self._splat_values.to(device, dtype), (slots, self.num_points))
+                gather = torch.sparse_csr_tensor(
+                    self._gather_rows.to(device), self._gather_columns.to(device),
+                    torch.ones(self._gather_columns.numel(), dtype=dtype, device=device),
+                    (self.num_vertices + 1, slots))
+                slice_ = torch.sparse_csr_tensor(
+                    self._slice_rows.to(device), self._slice_columns.to(device),
+                    self._slice_values.to(device, dtype), (self.num_points, self.num_vertices + 1))
+            self._operators[key] = (splat, gather, slice_)
+        return self._operators[key]
 
 
 class _LatticeFilter(torch.autograd.Function):
@@ -204,13 +266,8 @@ class _LatticeFilter(torch.autograd.Function):
     def forward(ctx: torch.autograd.function.FunctionCtx, values: Tensor, lattice: PermutohedralLattice
                 ) -> Tensor:
         ctx.lattice = lattice  # type: ignore[attr-defined]
-        return lattice._apply(values)
+        return lattice.filter_into(values)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
-        return ctx.lattice._apply(grad.contiguous(), reverse=True), None  # type: ignore[attr-defined]
-
-
-def remainders_times(total: Tensor, d: int, device: torch.device) -> Tensor:
-    """``r * total`` for the remainders r = 0..d, as a (1, d+1) int64 row."""
-    return (torch.arange(d + 1, device=device) * total)[None, :]
+        return ctx.lattice.filter_into(grad.contiguous(), reverse=True), None  # type: ignore[attr-defined]
