@@ -85,3 +85,56 @@ def test_an_unknown_refinement_is_one_clear_line(saved_model: tuple[Path, torch.
     assert result.exit_code == 2
     assert "unknown refinement 'densecrf'; choose one of: crf" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+def predict_labels(model_dir: Path, image_file: Path, out: Path, *options: str) -> np.ndarray:
+    from pixelseg.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(image_file), "--model", str(model_dir), "--out", str(out),
+                                      *options])
+    assert result.exit_code == 0, result.output
+    return np.array(Image.open(out / "scene.png"))
+
+
+def test_refine_crf_parameters_reach_the_dense_crf(saved_model: tuple[Path, torch.nn.Module], image_file: Path,
+                                                   tmp_path: Path) -> None:
+    pytest.importorskip("pydensecrf.densecrf")
+    model_dir, model = saved_model
+    plain = predict_labels(model_dir, image_file, tmp_path / "plain")
+    default = predict_labels(model_dir, image_file, tmp_path / "default", "--refine", "crf")
+    # Without pairwise weights the CRF keeps the network's labels.
+    unweighted = predict_labels(model_dir, image_file, tmp_path / "unweighted", "--refine", "crf",
+                                "--crf-gaussian-compat", "0", "--crf-bilateral-compat", "0")
+    assert (unweighted == plain).all() and (default != plain).mean() > 0.05
+    # Other parameters: the labels of pydensecrf2 run with the same ones, not the default labels.
+    config = DenseCRFConfig(gaussian_sxy=1.0, gaussian_compat=1.0, bilateral_sxy=6.0, bilateral_srgb=30.0,
+                            bilateral_compat=2.0, iterations=2)
+    tuned = predict_labels(model_dir, image_file, tmp_path / "tuned", "--refine", "crf",
+                           "--crf-iterations", "2", "--crf-gaussian-sxy", "1", "--crf-gaussian-compat", "1",
+                           "--crf-bilateral-sxy", "6", "--crf-bilateral-srgb", "30", "--crf-bilateral-compat", "2")
+    image = np.array(Image.open(image_file).convert("RGB"))
+    info = model.pixelseg_config["data"]
+    pixels = normalize(torch.as_tensor(image).permute(2, 0, 1).float() / 255.0, info["mean"], info["std"])
+    with torch.no_grad():
+        logits = forward_whole(model, pixels[None])[0]
+    reference = pydensecrf_marginals(unary_from_probabilities(logits.softmax(0)), image, config).argmax(0)
+    assert (tuned == reference).mean() >= 0.99
+    assert (tuned != default).mean() > 0.02
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--refine", "crf", "--crf-iterations", "0"], "dense CRF iterations must be a whole number >= 1, got 0"),
+    (["--refine", "crf", "--crf-bilateral-compat", "-1"],
+     "dense CRF bilateral_compat (a kernel weight, must be >= 0) is -1.0"),
+    (["--refine", "crf", "--crf-gaussian-sxy", "0"], "dense CRF gaussian_sxy (a bandwidth, must be > 0) is 0.0"),
+    (["--crf-iterations", "3"], "the dense CRF parameters (--crf-*) need --refine crf"),
+])
+def test_bad_refine_crf_parameters_are_one_clear_line(saved_model: tuple[Path, torch.nn.Module], image_file: Path,
+                                                      tmp_path: Path, options: list[str], message: str) -> None:
+    from pixelseg.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(image_file), "--model", str(saved_model[0]),
+                                      "--out", str(tmp_path / "o"), *options])
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()

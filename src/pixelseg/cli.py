@@ -126,6 +126,12 @@ def predict(inputs: Annotated[Path, typer.Argument(help="an image or a folder of
             model: Annotated[Path, typer.Option(help="model directory or run directory")],
             out_dir: Annotated[Path, typer.Option("--out", help="output folder")],
             refine: Annotated[str | None, typer.Option(help="'crf': dense-CRF post-processing")] = None,
+            crf_iterations: Annotated[int | None, typer.Option(help="--refine crf: mean-field steps [5]")] = None,
+            crf_gaussian_sxy: Annotated[float | None, typer.Option(help="smoothness kernel width, px [3]")] = None,
+            crf_gaussian_compat: Annotated[float | None, typer.Option(help="smoothness kernel weight [3]")] = None,
+            crf_bilateral_sxy: Annotated[float | None, typer.Option(help="appearance kernel width, px [80]")] = None,
+            crf_bilateral_srgb: Annotated[float | None, typer.Option(help="appearance colour width [13]")] = None,
+            crf_bilateral_compat: Annotated[float | None, typer.Option(help="appearance kernel weight [10]")] = None,
             backend: Annotated[str, typer.Option(help="'torch' (eager) or 'onnxruntime'")] = "torch",
             optimize: Annotated[bool, typer.Option(help="fold batch norms, channels_last (same outputs)")] = False,
             compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the eager model")] = False,
@@ -147,6 +153,7 @@ def predict(inputs: Annotated[Path, typer.Argument(help="an image or a folder of
 
         predict_from_args(instance_dir, inputs, out_dir, device=device)
         return
+    from .classical.dense_crf import DenseCRFConfig
     from .engine.predict import InferenceOptions, shard_from_env, total_failures
     from .engine.predict import predict as run_prediction
     from .engine.tta import parse_scales
@@ -155,9 +162,12 @@ def predict(inputs: Annotated[Path, typer.Argument(help="an image or a folder of
                                overlap=overlap, tile_batch=tile_batch, blend=blend, stream=stream,
                                tta_scales=parse_scales(tta_scales) if tta_scales is not None else None,
                                tta_flip=tta_flip)
+    crf = DenseCRFConfig.with_overrides(
+        iterations=crf_iterations, gaussian_sxy=crf_gaussian_sxy, gaussian_compat=crf_gaussian_compat,
+        bilateral_sxy=crf_bilateral_sxy, bilateral_srgb=crf_bilateral_srgb, bilateral_compat=crf_bilateral_compat)
     rank, world = shard_from_env()
     who = f"rank {rank}: " if world > 1 else ""
-    report = run_prediction(model, inputs, out_dir, device=device, refine=refine, options=options,
+    report = run_prediction(model, inputs, out_dir, device=device, refine=refine, options=options, crf=crf,
                             shard=(rank, world), on_error=lambda m: err.print(f"error: {who}{m}", highlight=False,
                                                                              soft_wrap=True))
     images = len(report.written) if stream else len(report.written) // 2

@@ -18,12 +18,14 @@ weight 3; appearance: 80 px, 13 intensity levels, weight 10; 5 iterations).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import PixelsegError
 from .permutohedral import PermutohedralLattice
 
 
@@ -130,6 +132,24 @@ class DenseCRFConfig:
     bilateral_srgb: float = 13.0
     bilateral_compat: float = 10.0
     iterations: int = 5
+
+    def __post_init__(self) -> None:
+        """Refuse values the inference cannot use, in one line naming the parameter."""
+        for name in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb", "gaussian_compat", "bilateral_compat"):
+            value = getattr(self, name)
+            positive = name.endswith(("sxy", "srgb"))
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or (
+                    value <= 0 if positive else value < 0):
+                kind = "a bandwidth, must be > 0" if positive else "a kernel weight, must be >= 0"
+                raise PixelsegError(f"dense CRF {name} ({kind}) is {value!r}")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise PixelsegError(f"dense CRF iterations must be a whole number >= 1, got {self.iterations!r}")
+
+    @classmethod
+    def with_overrides(cls, **overrides: float | None) -> DenseCRFConfig | None:
+        """The defaults with the given non-None parameters changed; ``None`` when nothing is given."""
+        given = {name: value for name, value in overrides.items() if value is not None}
+        return cls(**given) if given else None  # type: ignore[arg-type]
 
 
 def dense_crf(unary: Tensor, image: Tensor | np.ndarray, config: DenseCRFConfig | None = None) -> Tensor:

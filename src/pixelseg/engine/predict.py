@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from .checkpoint import atomic_write_bytes
 from .evaluate import model_data_info, resolve_model_dir
 from .forward import forward_whole
 from .tiling import stream_predict, tiled_logits
+
+if TYPE_CHECKING:
+    from ..classical.dense_crf import DenseCRFConfig
 
 
 def list_inputs(path: str | Path) -> list[Path]:
@@ -79,11 +83,11 @@ REFINE_METHODS = ("crf",)
 BACKENDS = ("torch", "onnxruntime")
 
 
-def crf_labels(logits: torch.Tensor, image: Image.Image) -> np.ndarray:
+def crf_labels(logits: torch.Tensor, image: Image.Image, config: DenseCRFConfig | None = None) -> np.ndarray:
     """Labels (H, W) of one image's logits (K, H, W) refined by the dense CRF (``--refine crf``)."""
     from ..classical.dense_crf import refine_logits
 
-    return refine_logits(logits, np.asarray(image.convert("RGB"))).cpu().numpy()
+    return refine_logits(logits, np.asarray(image.convert("RGB")), config).cpu().numpy()
 
 
 @dataclass
@@ -173,11 +177,13 @@ def shard_from_env() -> tuple[int, int]:
 def predict(model_path: str | Path, inputs: str | Path | Iterable[Path], out_dir: str | Path, *,
             device: str = "cpu", logits_fn: LogitsFn | None = None,
             on_error: Callable[[str], None] | None = None, refine: str | None = None,
-            options: InferenceOptions | None = None, shard: tuple[int, int] = (0, 1)) -> PredictReport:
+            options: InferenceOptions | None = None, shard: tuple[int, int] = (0, 1),
+            crf: DenseCRFConfig | None = None) -> PredictReport:
     """Segment every input image; write ``<stem>.png`` (index) and ``<stem>_overlay.png``.
 
     ``options`` choose the backend, speed-ups, tiling and TTA; ``logits_fn`` replaces all of that if
-    given. ``refine="crf"`` post-processes the logits with the dense CRF (``classical.dense_crf``).
+    given. ``refine="crf"`` post-processes the logits with the dense CRF (``classical.dense_crf``), with
+    the parameters ``crf`` (default: ``DenseCRFConfig()``).
     ``shard=(rank, world)`` keeps every ``world``-th image from the ``rank``-th on (distributed
     prediction: each process writes the outputs of its own share). With ``options.stream`` each image
     is read window by window and written as ``<stem>.tif``, a tiled TIFF of class indices.
@@ -188,6 +194,8 @@ def predict(model_path: str | Path, inputs: str | Path | Iterable[Path], out_dir
         raise PixelsegError(f"unknown refinement {refine!r}; choose one of: {', '.join(REFINE_METHODS)}")
     if refine is not None and options.stream:
         raise PixelsegError("--refine does not combine with --stream")
+    if crf is not None and refine != "crf":
+        raise PixelsegError("the dense CRF parameters (--crf-*) need --refine crf")
     model_dir = resolve_model_dir(model_path)
     model = from_pretrained(model_dir).to(device).eval()
     info, _ = model_data_info(model, model_dir)
@@ -223,7 +231,7 @@ def predict(model_path: str | Path, inputs: str | Path | Iterable[Path], out_dir
             pixels = normalize(to_chw_uint8(image).float() / 255.0, info.mean, info.std)
             with torch.inference_mode():
                 logits = run(pixels[None].to(device))
-                labels = crf_labels(logits[0], image) if refine == "crf" else logits.argmax(1)[0].cpu().numpy()
+                labels = crf_labels(logits[0], image, crf) if refine == "crf" else logits.argmax(1)[0].cpu().numpy()
         except PixelsegError as err:
             failed(str(err))
             continue
