@@ -83,6 +83,7 @@ def mean_field(unary: Tensor, kernels: list[GaussianKernel], weights: list[float
         potts = _potts_mean_field(unary, kernels, [float(weight) for weight in weights], iterations)
         if potts is not None:
             return potts
+    unary = unary.contiguous()
     q = torch.softmax(-unary, dim=1)
     for _ in range(iterations):
         message = sum(weight * kernel(q) for weight, kernel in zip(weights, kernels, strict=True))
@@ -113,10 +114,10 @@ def _potts_mean_field(unary: Tensor, kernels: list[GaussianKernel], weights: lis
         q = torch.neg(shifted).exp_()
         q.div_(torch.mm(q, ones, out=row_sum))
         message = torch.empty_like(q)
-        workspaces: list[dict[str, Tensor]] = [{} for _ in kernels]
+        workspace: dict[str, Tensor] = {}
         for _ in range(iterations):
             for index, (weight, kernel) in enumerate(zip(weights, kernels, strict=True)):
-                kernel.lattice.filter_into(q, message, weight, accumulate=index > 0, workspace=workspaces[index])
+                kernel.lattice.filter_into(q, message, weight, accumulate=index > 0, workspace=workspace)
             q, message = message.sub_(shifted).exp_(), q
             q.div_(torch.mm(q, ones, out=row_sum))
     return q
@@ -169,7 +170,7 @@ def dense_crf(unary: Tensor, image: Tensor | np.ndarray, config: DenseCRFConfig 
                GaussianKernel(bilateral_features(pixels.to(device), config.bilateral_sxy,
                                                  config.bilateral_srgb))]
     weights = [config.gaussian_compat, config.bilateral_compat]
-    flat = unary.reshape(classes, -1).T.contiguous()
+    flat = unary.reshape(classes, -1).T  # (N, C), a view: the mean field makes its own (N, C) buffers
     q = mean_field(flat, kernels, weights, config.iterations)
     return q.T.reshape(classes, height, width)
 

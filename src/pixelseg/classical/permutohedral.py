@@ -156,8 +156,11 @@ class PermutohedralLattice:
         # Z (slots x N): slot s*(d+1) + r lists the points of simplex s (``order``'s run for s) with
         # their weight for vertex r; the d+1 rows of a simplex are adjacent, so that its points' values
         # are read while in cache.
-        entry = (torch.arange(num_points, device=device) + d * group_start[group_of_position])[:, None] + (
-            torch.arange(width, device=device) * group_size[group_of_position][:, None])  # (N, d+1)
+        first_entry = torch.arange(num_points, device=device).add_(group_start[group_of_position], alpha=d)
+        size_at = group_size[group_of_position]
+        entry = torch.empty(num_points, width, dtype=torch.long, device=device)  # (position, r)
+        for r in range(width):
+            torch.add(first_entry, size_at, alpha=r, out=entry[:, r])
         entry = entry.reshape(-1)
         self._splat_rows = torch.cat([(width * group_start[:, None] + torch.arange(width, device=device)
                                        * group_size[:, None]).reshape(-1),
@@ -216,12 +219,13 @@ class PermutohedralLattice:
         large per-slot buffer between calls (filling fresh memory costs as much as the product)."""
         splat, gather, slice_ = self._sparse_operators(values.dtype, values.device)
         with torch.no_grad():
-            slots_shape = (splat.shape[0], values.shape[1])
-            slots = None if workspace is None else workspace.get("slots")
-            if slots is None or slots.shape != slots_shape or slots.dtype != values.dtype:
-                slots = values.new_empty(slots_shape)
+            size = splat.shape[0] * values.shape[1]
+            buffer = None if workspace is None else workspace.get("slots")
+            if buffer is None or buffer.numel() < size or buffer.dtype != values.dtype:
+                buffer = values.new_empty(size)
                 if workspace is not None:
-                    workspace["slots"] = slots
+                    workspace["slots"] = buffer
+            slots = buffer[:size].view(splat.shape[0], values.shape[1])
             lattice = gather @ torch.addmm(slots, splat, values, beta=0.0, out=slots)   # (M+1, C)
             rows, channels = lattice.shape
             gathered = lattice.new_empty(2 * rows, channels)
