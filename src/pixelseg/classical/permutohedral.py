@@ -91,9 +91,9 @@ class PermutohedralLattice:
                 rank[j] -= larger_count
         rank += coordinate_sum
         # Ranks outside 0..d wrap around, moving the nearest point by d+1 along that axis.
-        wraps = (rank < 0).to(torch.int8) - (rank > d).to(torch.int8)
-        rank += wraps * width
-        nearest += wraps * width
+        wrapped = rank.remainder(width)
+        nearest += wrapped - rank
+        rank = wrapped
 
         # Barycentric coordinates (p. 10 of Adams et al.): with y_k the k-th smallest of the
         # contributions (the one of rank d - k), vertex r has weight y_r - y_(r-1), and 1 + y_0 - y_d for
@@ -136,6 +136,7 @@ class PermutohedralLattice:
         simplices = group_start.shape[0]
         group_size = torch.diff(group_start, append=group_start.new_tensor([num_points]))
         simplex_of_point = torch.empty_like(order).scatter_(0, order, group_of_position)
+        position_of_point = torch.empty_like(order).scatter_(0, order, torch.arange(num_points, device=device))
 
         # Vertex r of a simplex: key_i = nearest_i + r - (d+1) [rank_i > d - r]. Slot s*(d+1) + r.
         first = order[group_start]
@@ -156,9 +157,9 @@ class PermutohedralLattice:
         # Z (slots x N): slot s*(d+1) + r lists the points of simplex s (``order``'s run for s) with
         # their weight for vertex r; the d+1 rows of a simplex are adjacent, so that its points' values
         # are read while in cache.
-        first_entry = torch.arange(num_points, device=device).add_(group_start[group_of_position], alpha=d)
-        size_at = group_size[group_of_position]
-        entry = torch.empty(num_points, width, dtype=torch.long, device=device)  # (position, r)
+        first_entry = position_of_point.add_(group_start[simplex_of_point], alpha=d)
+        size_at = group_size[simplex_of_point]
+        entry = torch.empty(num_points, width, dtype=torch.long, device=device)  # (point, r)
         for r in range(width):
             torch.add(first_entry, size_at, alpha=r, out=entry[:, r])
         entry = entry.reshape(-1)
@@ -166,9 +167,8 @@ class PermutohedralLattice:
                                        * group_size[:, None]).reshape(-1),
                                       group_start.new_tensor([width * num_points])]).to(index)
         self._splat_columns = torch.empty(width * num_points, dtype=index, device=device).scatter_(
-            0, entry, order.to(index)[:, None].expand(-1, width).reshape(-1))
-        self._splat_values = torch.empty(width * num_points, device=device).scatter_(
-            0, entry, weights.index_select(0, order).reshape(-1))
+            0, entry, torch.arange(num_points, dtype=index, device=device)[:, None].expand(-1, width).reshape(-1))
+        self._splat_values = torch.empty(width * num_points, device=device).scatter_(0, entry, weights.reshape(-1))
         # P ((M+1) x slots): each vertex sums its slots (row 0 of the lattice is an always-empty vertex).
         self._gather_rows = torch.cat([slots_per_vertex.new_zeros(2), slots_per_vertex.cumsum(0)]).to(index)
         self._gather_columns = slots_by_vertex.to(index)
@@ -181,10 +181,15 @@ class PermutohedralLattice:
         # Neighbours along each of the d+1 lattice axes: all coordinates -1 and axis j +d (and mirrored).
         axis_shift = torch.tensor([width * s for s in stride] + [0], device=device)
         deltas = torch.stack([axis_shift - total, total - axis_shift], dim=1)  # (d+1, 2)
-        queries = vertex_codes[None, None, :] + deltas[:, :, None]
-        position = torch.searchsorted(vertex_codes, queries).clamp_(max=self.num_vertices - 1)
-        found = vertex_codes[position] == queries
-        neighbours = torch.where(found, position + 1, torch.zeros_like(position))
+        queries = vertex_codes[None, None, :] + deltas[:, :, None]           # all in [0, prod(spans))
+        if math.prod(spans) <= 64 * self.num_vertices:  # a small key space: look the codes up in a table
+            table = torch.zeros(math.prod(spans), dtype=torch.long, device=device)
+            table[vertex_codes] = torch.arange(1, self.num_vertices + 1, device=device)
+            neighbours = table[queries]
+        else:
+            position = torch.searchsorted(vertex_codes, queries).clamp_(max=self.num_vertices - 1)
+            found = vertex_codes[position] == queries
+            neighbours = torch.where(found, position + 1, torch.zeros_like(position))
         empty = torch.zeros(width, 2, 1, dtype=torch.long, device=device)
         self.neighbours = torch.cat([empty, neighbours], dim=2)           # (d+1, 2, M+1)
         self._operators: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
