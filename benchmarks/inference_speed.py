@@ -7,23 +7,32 @@ so smp's weights cannot be loaded into them. The comparison is therefore made on
 the very same weights (a deep copy of the smp module):
 
 * ``smp eager``: ``model(x)`` under ``torch.inference_mode`` (the baseline);
-* ``pixelseg eager``: ``engine.speedups.optimize_for_inference`` (batch-norm folding + channels_last);
-* ``pixelseg eager+compile`` (``--compile``): the same plus ``torch.compile`` (Inductor, gcc);
-* ``onnxruntime``: ``engine.export.export_onnx`` of the smp module, run by ``OnnxRuntimeModel``.
+* ``pixelseg eager``: ``engine.speedups.optimize_for_inference`` (batch-norm folding; channels_last if
+  timing on the 512x512 image says it is faster), and the same with the other memory layout forced;
+* ``pixelseg eager + torch.compile`` (``--compile``): Inductor with weight freezing (gcc builds it);
+* ``onnxruntime``: ``engine.export.export_onnx`` of the smp module, run by ``OnnxRuntimeModel``
+  (``ORT_ENABLE_ALL``: constant folding, conv+BN+activation fusion, NCHWc layout; ``--threads`` intra-op
+  threads, one inter-op thread).
 
-Each path's largest difference from the smp logits is printed, with each path's (smp's included) largest
-difference from the same graph run in float64: float32 rounding alone moves the logits by about 1e-4. Batch-norm statistics are first
-calibrated on random images (a few train-mode passes) so that activations have the scale of a trained
-network rather than the unnormalised scale of a fresh initialisation. Timing: the paths run interleaved
-for ``--rounds`` rounds after a warm-up; medians are compared (the shared CPU is noisy).
+Both sides run with the same thread count (``--threads``; the issue's figures are for the 2-core CPU).
+Equality, for every path against the smp logits: the largest absolute difference, the same divided by
+the largest |logit| (relative), ``torch.allclose(rtol=1e-4, atol=1e-4)`` and the fraction of pixels whose
+label (argmax) agrees; and each path's largest difference from the same graph run in float64, which
+shows how far float32 rounding alone moves smp's own logits. Batch-norm statistics are first calibrated
+on random images (a few train-mode passes) so that activations have the scale of a trained network
+rather than the unnormalised scale of a fresh initialisation.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/inference_speed.py --rounds 5 --threads 1
+Timing: the paths run interleaved for ``--rounds`` rounds after a warm-up; the median and the minimum
+(the least disturbed round: other processes share the CPU) are printed, each with its ratio against smp.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/inference_speed.py --rounds 9 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import tempfile
 import time
@@ -35,6 +44,11 @@ from torch import nn
 
 from pixelseg.engine.export import OnnxRuntimeModel, export_onnx
 from pixelseg.engine.speedups import optimize_for_inference
+
+# The optimised paths' own equality checks (export_onnx, optimize_for_inference) guard against a broken
+# graph (a frozen shape gives differences of order 1); float32 re-association alone reaches a few 1e-4 on
+# these deep networks at 512x512, which this script measures and prints instead.
+GUARD_ATOL = 1e-3
 
 
 def calibrated(model: nn.Module, passes: int = 3) -> nn.Module:
@@ -63,52 +77,69 @@ def time_once(run, images: torch.Tensor) -> float:
         return time.perf_counter() - start
 
 
+def equality(out: torch.Tensor, reference: torch.Tensor, exact: torch.Tensor) -> str:
+    diff = float((out - reference).abs().max())
+    scale = float(reference.abs().max())
+    close = torch.allclose(out, reference, rtol=1e-4, atol=1e-4)
+    agree = float((out.argmax(1) == reference.argmax(1)).double().mean())
+    return (f"max|Δ| {diff:.2e} (relative {diff / scale:.2e}), allclose(1e-4, 1e-4) {close}, labels agree "
+            f"{agree:.6f}, max|Δ| vs float64 smp {float((out - exact).abs().max()):.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--models", default="Unet/resnet34,DeepLabV3Plus/resnet50")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to build)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     images = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
     work = Path(tempfile.mkdtemp(prefix="pixelseg-speed-"))
     print(f"torch {torch.__version__}, smp {smp.__version__}, {args.threads} thread(s), input 1x3x{args.size}x"
-          f"{args.size}, {args.rounds} interleaved rounds (median seconds per image)")
+          f"{args.size}, {args.rounds} interleaved rounds; load average at start "
+          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     for name, model in peers().items():
+        if name not in args.models.split(","):
+            continue
         baseline = calibrated(model)
         with torch.inference_mode():
             reference = baseline(images)
             exact = copy.deepcopy(baseline).double()(images.double()).float()  # float64: the rounding-free value
-        example = images[..., :64, :64]
+        print(f"  {name}: largest |logit| {float(reference.abs().max()):.2f}; smp float32 vs float64: max|Δ| "
+              f"{float((reference - exact).abs().max()):.2e}")
+        fast = optimize_for_inference(copy.deepcopy(baseline), images, atol=GUARD_ATOL)
+        layout = "channels_last" if fast.channels_last else "NCHW"
+        other = optimize_for_inference(copy.deepcopy(baseline), images, channels_last=not fast.channels_last,
+                                       atol=GUARD_ATOL)
         paths = {"smp eager": baseline,
-                 "pixelseg eager (fold BN + channels_last)": optimize_for_inference(copy.deepcopy(baseline), example)}
+                 f"pixelseg eager (fold BN, {layout}: chosen)": fast,
+                 f"pixelseg eager (fold BN, {'NCHW' if fast.channels_last else 'channels_last'})": other}
         if args.compile:
             tick = time.perf_counter()
-            compiled = optimize_for_inference(copy.deepcopy(baseline), example, compile=True)
-            time_once(compiled, images)
+            compiled = optimize_for_inference(copy.deepcopy(baseline), images, channels_last=fast.channels_last,
+                                              compile=True, atol=GUARD_ATOL)
             print(f"  {name}: torch.compile built in {time.perf_counter() - tick:.0f} s")
-            paths["pixelseg eager + torch.compile"] = compiled
+            paths[f"pixelseg eager + torch.compile ({layout})"] = compiled
         onnx_path = work / f"{name.replace('/', '_')}.onnx"
-        export_onnx(copy.deepcopy(baseline), onnx_path, in_channels=3, name=name, check_sizes=((96, 160),))
+        export_onnx(copy.deepcopy(baseline), onnx_path, in_channels=3, name=name, check_sizes=((96, 160),),
+                    atol=GUARD_ATOL)
         paths["onnxruntime (pixelseg export)"] = OnnxRuntimeModel(onnx_path, threads=args.threads)
         for label, run in paths.items():  # equality first, and warm-up
             with torch.inference_mode():
                 out = run(images)
-            diff, rounding = float((out - reference).abs().max()), float((out - exact).abs().max())
-            agree = float((out.argmax(1) == reference.argmax(1)).float().mean())
-            print(f"  {name} | {label}: max |logits - smp| = {diff:.2e}{'' if diff <= 1e-4 else ' (> 1e-4)'}, "
-                  f"max |logits - float64 smp| = {rounding:.2e} (|logits| up to {float(reference.abs().max()):.1f}),"
-                  f" labels agree with smp on {agree:.6f} of pixels")
+            print(f"  {name} | {label}: {equality(out, reference, exact)}")
         seconds: dict[str, list[float]] = {label: [] for label in paths}
         for _ in range(args.rounds):
             for label, run in paths.items():
                 seconds[label].append(time_once(run, images))
-        base = statistics.median(seconds["smp eager"])
+        base_median, base_min = statistics.median(seconds["smp eager"]), min(seconds["smp eager"])
         for label, values in seconds.items():
-            median = statistics.median(values)
-            print(f"  {name} | {label:42s} {median:7.3f} s  ratio vs smp eager {base / median:5.2f}x  "
-                  f"(all: {', '.join(f'{v:.2f}' for v in values)})")
+            median, fastest = statistics.median(values), min(values)
+            print(f"  {name} | {label:48s} median {median:6.3f} s ({base_median / median:4.2f}x)  "
+                  f"min {fastest:6.3f} s ({base_min / fastest:4.2f}x)  (all: {', '.join(f'{v:.2f}' for v in values)})")
+    print(f"load average at end {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":
