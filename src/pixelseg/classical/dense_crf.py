@@ -112,14 +112,14 @@ def _potts_mean_field(unary: Tensor, kernels: list[GaussianKernel], weights: lis
         row_sum = unary.new_empty(unary.shape[0], 1)
         ones = unary.new_ones(unary.shape[1], 1)
         q = torch.neg(shifted).exp_()
-        q.div_(torch.mm(q, ones, out=row_sum))
+        q.mul_(torch.mm(q, ones, out=row_sum).reciprocal_())
         message = torch.empty_like(q)
         workspace: dict[str, Tensor] = {}
         for _ in range(iterations):
             for index, (weight, kernel) in enumerate(zip(weights, kernels, strict=True)):
                 kernel.lattice.filter_into(q, message, weight, accumulate=index > 0, workspace=workspace)
             q, message = message.sub_(shifted).exp_(), q
-            q.div_(torch.mm(q, ones, out=row_sum))
+            q.mul_(torch.mm(q, ones, out=row_sum).reciprocal_())
     return q
 
 

@@ -91,7 +91,8 @@ class PermutohedralLattice:
                 rank[j] -= larger_count
         rank += coordinate_sum
         # Ranks outside 0..d wrap around, moving the nearest point by d+1 along that axis.
-        wrapped = rank.remainder(width)
+        wrapped = rank.add(torch.lt(rank, 0).view(torch.int8), alpha=width).sub_(
+            torch.gt(rank, d).view(torch.int8), alpha=width)
         nearest += wrapped - rank
         rank = wrapped
 
@@ -128,7 +129,8 @@ class PermutohedralLattice:
         simplex_code = base * width ** width
         for i in range(width):
             simplex_code += rank[i].to(torch.long) * width ** i
-        sorted_codes, order = torch.sort(simplex_code)
+        narrow = math.prod(spans) * width ** width < 2**31  # int32 codes sort faster
+        sorted_codes, order = torch.sort(simplex_code.to(torch.int32) if narrow else simplex_code)
         starts_group = torch.ones(num_points, dtype=torch.bool, device=device)
         torch.ne(sorted_codes[1:], sorted_codes[:-1], out=starts_group[1:])
         group_of_position = starts_group.cumsum(0) - 1
@@ -146,10 +148,12 @@ class PermutohedralLattice:
         first_base = base[first]
         for r in range(width):
             codes[:, r] = first_base + (r * total) - width * ((first_rank > d - r) * stride_column).sum(0)
-        sorted_vertex_codes, slots_by_vertex = torch.sort(codes.reshape(-1))
+        sorted_vertex_codes, slots_by_vertex = torch.sort(codes.reshape(-1).to(torch.int32) if narrow
+                                                          else codes.reshape(-1))
         vertex_codes, vertex_of_sorted, slots_per_vertex = torch.unique_consecutive(
             sorted_vertex_codes, return_inverse=True, return_counts=True)
         self.num_vertices = vertex_codes.shape[0]
+        vertex_codes = vertex_codes.to(torch.long)
         index = torch.int32                                                # sparse indices
         vertex_of_slot = torch.empty(simplices * width, dtype=index, device=device).scatter_(
             0, slots_by_vertex, (vertex_of_sorted + 1).to(index))
