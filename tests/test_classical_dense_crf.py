@@ -161,3 +161,24 @@ def test_refining_noisy_logits_recovers_the_regions_of_the_image() -> None:
     noisy = (logits.argmax(0) == truth).float().mean()
     refined = (refine_logits(logits, image.to(torch.uint8), DenseCRFConfig(bilateral_sxy=20.0)) == truth)
     assert noisy < 0.85 and refined.float().mean() > 0.97
+
+
+def test_in_place_potts_mean_field_matches_the_differentiable_one() -> None:
+    generator = torch.Generator().manual_seed(6)
+    image = (torch.rand(30, 40, 3, generator=generator) * 255).to(torch.uint8)
+    unary = torch.rand(4, 30, 40, generator=generator) * 4
+    config = DenseCRFConfig(bilateral_sxy=10.0, iterations=4)
+    in_place = dense_crf(unary, image, config)                                  # no gradients: in-place path
+    differentiable = dense_crf(unary.clone().requires_grad_(), image, config).detach()
+    assert torch.allclose(in_place, differentiable, atol=1e-5)
+    assert torch.allclose(in_place.sum(0), torch.ones(30, 40), atol=1e-5)
+
+
+def test_dense_crf_with_weights_too_large_for_the_shift_free_softmax_still_agrees() -> None:
+    pytest.importorskip("pydensecrf.densecrf")
+    generator = torch.Generator().manual_seed(7)
+    image = np.ascontiguousarray((torch.rand(24, 32, 3, generator=generator) * 255).to(torch.uint8).numpy())
+    unary = torch.rand(3, 24, 32, generator=generator) * 4
+    config = DenseCRFConfig(bilateral_sxy=8.0, bilateral_compat=40.0, gaussian_compat=30.0, iterations=3)
+    ours = dense_crf(unary, image, config).numpy()
+    assert np.abs(ours - pydensecrf_marginals(unary, image, config)).max() < 1e-4
