@@ -49,9 +49,7 @@ def bilateral_features(image: Tensor | np.ndarray, sxy: float, srgb: float) -> T
 class GaussianKernel:
     """One symmetrically normalised Gaussian kernel ``D^-1/2 K D^-1/2`` over fixed features.
 
-    The normalisation is folded into the lattice's splatting and slicing weights. ``peak`` is the
-    largest value of the normalised kernel applied to ones: filtering values in [0, 1] gives values
-    in [0, peak] (every weight of the filter is non-negative).
+    The normalisation is folded into the lattice's splatting and slicing weights.
     """
 
     def __init__(self, features: Tensor) -> None:
@@ -59,7 +57,6 @@ class GaussianKernel:
         with torch.no_grad():
             ones = torch.ones(features.shape[0], 1, device=features.device)
             self.lattice.rescale(torch.rsqrt(self.lattice.filter(ones) + 1e-20).squeeze(1))
-            self.peak = float(self.lattice.filter(ones).max())
 
     def __call__(self, values: Tensor) -> Tensor:
         return self.lattice.filter(values)
@@ -79,10 +76,9 @@ def mean_field(unary: Tensor, kernels: list[GaussianKernel], weights: list[float
     Each step: Q <- softmax(-U - mu . sum_m w_m k_m * Q), where ``*`` is the Gaussian filter.
     """
     fixed = not isinstance(weights, Tensor)
-    if fixed and compatibility is None and not (torch.is_grad_enabled() and unary.requires_grad):
-        potts = _potts_mean_field(unary, kernels, [float(weight) for weight in weights], iterations)
-        if potts is not None:
-            return potts
+    if (fixed and compatibility is None and all(weight >= 0 for weight in weights)
+            and not (torch.is_grad_enabled() and unary.requires_grad)):
+        return _potts_mean_field(unary, kernels, [float(weight) for weight in weights], iterations)
     unary = unary.contiguous()
     q = torch.softmax(-unary, dim=1)
     for _ in range(iterations):
@@ -96,17 +92,14 @@ def mean_field(unary: Tensor, kernels: list[GaussianKernel], weights: list[float
 
 
 def _potts_mean_field(unary: Tensor, kernels: list[GaussianKernel], weights: list[float],
-                      iterations: int) -> Tensor | None:
-    """The Potts, fixed-weight mean field without gradients, in place in two (N, C) buffers.
+                      iterations: int) -> Tensor:
+    """The Potts mean field for fixed non-negative weights, without gradients, in place.
 
-    The softmax needs no maximum per point: with U' = U - min_l U (0 at each point's best label),
-    exp(message - U') lies in [exp(lower), exp(upper)] at the best label and below exp(upper) elsewhere,
-    where the message bounds come from the kernels' peaks. ``None`` if they are too wide for float32.
+    The softmax needs no maximum per point. With U' = U - min_l U (0 at each point's best label) the
+    logits are message - U'; the message m is non-negative (so the best label's exp(m) >= 1) and at most
+    its sum over the labels, b = sum_m w_m k_m * 1 (the marginals sum to 1), the same at every step. If
+    max b is too large for float32's exp, the steps use the ordinary softmax.
     """
-    upper = sum(max(weight, 0.0) * kernel.peak for weight, kernel in zip(weights, kernels, strict=True))
-    lower = sum(min(weight, 0.0) * kernel.peak for weight, kernel in zip(weights, kernels, strict=True))
-    if upper > 60.0 or lower < -60.0:
-        return None
     with torch.no_grad():
         shifted = torch.sub(unary, unary.amin(1, keepdim=True), out=unary.new_empty(unary.shape))
         row_sum = unary.new_empty(unary.shape[0], 1)
@@ -115,11 +108,17 @@ def _potts_mean_field(unary: Tensor, kernels: list[GaussianKernel], weights: lis
         q.mul_(torch.mm(q, ones, out=row_sum).reciprocal_())
         message = torch.empty_like(q)
         workspace: dict[str, Tensor] = {}
+        shift_free = None
         for _ in range(iterations):
             for index, (weight, kernel) in enumerate(zip(weights, kernels, strict=True)):
                 kernel.lattice.filter_into(q, message, weight, accumulate=index > 0, workspace=workspace)
-            q, message = message.sub_(shifted).exp_(), q
-            q.mul_(torch.mm(q, ones, out=row_sum).reciprocal_())
+            if shift_free is None:
+                shift_free = float(torch.mm(message, ones, out=row_sum).max()) <= 60.0
+            if shift_free:
+                q, message = message.sub_(shifted).exp_(), q
+                q.mul_(torch.mm(q, ones, out=row_sum).reciprocal_())
+            else:
+                q = torch.softmax(message.sub_(shifted), dim=1)
     return q
 
 
