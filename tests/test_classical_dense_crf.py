@@ -108,9 +108,17 @@ def test_dense_crf_agrees_with_pydensecrf_for_other_parameters(camvid_root: Path
     assert (ours == pydensecrf_marginals(unary, image, config).argmax(0)).mean() >= 0.99
 
 
-def test_permutohedral_filter_approximates_an_exact_gaussian_filter() -> None:
+# The lattice's code paths: neighbours from a lookup table (a pixel grid) or by binary search, int32 or
+# int64 codes (far-apart clusters).
+@pytest.mark.parametrize("layout", ["cube", "grid", "clusters"])
+def test_permutohedral_filter_approximates_an_exact_gaussian_filter(layout: str) -> None:
     generator = torch.Generator().manual_seed(1)
     points = torch.rand(400, 3, generator=generator) * 4.0
+    if layout == "grid":
+        ys, xs = torch.meshgrid(torch.arange(20.0), torch.arange(20.0), indexing="ij")
+        points = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1) / 1.5
+    elif layout == "clusters":
+        points += 150.0 * torch.eye(3).repeat(134, 1)[:400] * torch.arange(400)[:, None].remainder(2)
     values = torch.rand(400, 2, generator=generator)
     squared = torch.cdist(points, points) ** 2
     exact = torch.exp(-squared / 2) @ values

@@ -186,10 +186,10 @@ class PermutohedralLattice:
         axis_shift = torch.tensor([width * s for s in stride] + [0], device=device)
         deltas = torch.stack([axis_shift - total, total - axis_shift], dim=1)  # (d+1, 2)
         queries = vertex_codes[None, None, :] + deltas[:, :, None]           # all in [0, prod(spans))
-        if math.prod(spans) <= 64 * self.num_vertices:  # a small key space: look the codes up in a table
-            table = torch.zeros(math.prod(spans), dtype=torch.long, device=device)
-            table[vertex_codes] = torch.arange(1, self.num_vertices + 1, device=device)
-            neighbours = table[queries]
+        if math.prod(spans) <= min(64 * self.num_vertices, 2**23):  # a small key space: a lookup table
+            table = torch.zeros(math.prod(spans), dtype=torch.int32, device=device)
+            table[vertex_codes] = torch.arange(1, self.num_vertices + 1, dtype=torch.int32, device=device)
+            neighbours = table[queries].to(torch.long)
         else:
             position = torch.searchsorted(vertex_codes, queries).clamp_(max=self.num_vertices - 1)
             found = vertex_codes[position] == queries
