@@ -17,6 +17,7 @@ the work done, whatever the load; the ratios are given for both.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -68,7 +69,7 @@ def main() -> None:
     config = DenseCRFConfig()
     network = train_pixel_network(args.camvid)
     print(f"torch {torch.__version__}, cpu, 360x480, 11 classes, {config.iterations} iterations, "
-          f"median of {args.repeats} runs per image")
+          f"median of {args.repeats} runs per image; load average at start {os.getloadavg()[0]:.2f}")
     rows = []
     for index in range(0, args.images * 40, 40):
         image, unary = camvid_unary(args.camvid, network, index)
@@ -81,6 +82,7 @@ def main() -> None:
                       f"{reference[column]:.3f} s  pixelseg cold {cold[column]:.3f} s "
                       f"(ratio {cold[column] / reference[column]:.2f})  warm {warm[column]:.3f} s "
                       f"(ratio {warm[column] / reference[column]:.2f})  identical labels {agreement:.4%}")
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
     for threads in args.threads:
         mine = [row for row in rows if row[0] == threads]
         for kind, column in (("wall-clock", 0), ("CPU", 1)):
