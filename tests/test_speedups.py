@@ -14,8 +14,8 @@ from pixelseg.engine import speedups
 @torch.inference_mode()
 def test_the_layout_that_times_faster_is_kept_and_the_logits_stay_equal(nhwc_faster: bool,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_seconds(run, example, repeats=3):  # the layout under test is made the faster one
-        return 1.0 if run.channels_last == nhwc_faster else 2.0
+    def fake_seconds(runs, example, repeats=3):  # the layout under test is made the faster one
+        return [1.0 if run.channels_last == nhwc_faster else 2.0 for run in runs]
 
     monkeypatch.setattr(speedups, "seconds_per_call", fake_seconds)
     model = pixelseg.create_model("deeplabv3plus", num_classes=3, encoder="test_resnet").eval()
@@ -28,12 +28,15 @@ def test_the_layout_that_times_faster_is_kept_and_the_logits_stay_equal(nhwc_fas
 
 
 @torch.inference_mode()
-def test_seconds_per_call_is_the_fastest_timed_call_after_a_warm_up() -> None:
-    calls = []
+def test_seconds_per_call_times_the_runs_in_turn_after_a_warm_up() -> None:
+    calls: list[str] = []
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        calls.append(x)
-        return x
+    def named(name: str):
+        def run(x: torch.Tensor) -> torch.Tensor:
+            calls.append(name)
+            return x
+        return run
 
-    assert speedups.seconds_per_call(run, torch.zeros(1), repeats=4) >= 0
-    assert len(calls) == 5
+    seconds = speedups.seconds_per_call([named("a"), named("b")], torch.zeros(1), repeats=3)
+    assert len(seconds) == 2 and all(s >= 0 for s in seconds)
+    assert calls == ["a", "b"] * 4

@@ -3,14 +3,17 @@
 The graph is traced by PyTorch's TorchScript-based ONNX exporter at opset :data:`OPSET`, checked with
 ``onnx.checker``, then run by ONNX Runtime at a second, odd image size and compared with eager PyTorch:
 an export whose graph froze a shape-dependent branch (and so only works at the traced size) is refused
-with the measured difference, never written. A model that cannot be exported (a 3-D network, a CPU-only
-post-processing step such as a dense CRF, an operator ONNX lacks) is refused in one line saying why.
+with the measured difference, never written. A model that cannot be exported (a CPU-only post-processing
+step such as a dense CRF, an operator ONNX lacks, an opset too old for a dynamic pad) is refused in one
+line saying why.
 
 Two operators get their own ONNX translation here (registered for the export only), because the
 exporter's own cannot work at a height and width unknown when tracing:
 
 * ``max_unpool2d`` (SegNet, DeconvNet): ``ScatterElements`` of each (batch, channel) plane's values to
-  the flat positions PyTorch's pooling indices name, into zeros of the traced output size;
+  the flat positions PyTorch's pooling indices name, into zeros of the traced output size (the model
+  must hand the exporter the operator itself: ``F.max_unpool2d``'s Python check of the output size
+  cannot run on traced sizes);
 * ``adaptive_avg_pool2d`` with more than one bin (PSPNet's 2x2, 3x3 and 6x6 pyramid): bin ``i`` of
   ``n`` over a side ``L`` spans ``floor(i L / n)`` to ``ceil((i + 1) L / n)``, PyTorch's definition,
   computed from the runtime shape; each bin is a ``ReduceMean`` over its rows, then its columns.

@@ -105,22 +105,27 @@ class InferenceModel(nn.Module):
         return main_logits(self.run(images)).contiguous()
 
 
-def seconds_per_call(run: Callable[[Tensor], Tensor], example: Tensor, repeats: int = 3) -> float:
-    """The fastest of ``repeats`` timed calls after one warm-up (the least disturbed on a shared CPU)."""
-    times = []
+def seconds_per_call(runs: list[Callable[[Tensor], Tensor]], example: Tensor, repeats: int = 3) -> list[float]:
+    """For each of ``runs``, the fastest of ``repeats`` timed calls on ``example`` after one warm-up call;
+    the runs take turns, so that a burst of load from other processes does not fall on one run only."""
+    times: list[list[float]] = [[] for _ in runs]
     with torch.inference_mode():
-        run(example)
-        for _ in range(repeats):
-            start = time.perf_counter()
+        for run in runs:
             run(example)
-            times.append(time.perf_counter() - start)
-    return min(times)
+        for _ in range(repeats):
+            for run, seconds in zip(runs, times, strict=True):
+                start = time.perf_counter()
+                run(example)
+                seconds.append(time.perf_counter() - start)
+    return [min(seconds) for seconds in times]
 
 
-def faster_with_channels_last(model: nn.Module, example: Tensor) -> bool:
+def faster_with_channels_last(model: nn.Module, example: Tensor, repeats: int = 3) -> bool:
     """Whether the eval-mode ``model`` runs ``example`` faster in channels_last than in contiguous NCHW."""
     nhwc = InferenceModel(copy.deepcopy(model).to(memory_format=torch.channels_last), channels_last=True).eval()
-    return seconds_per_call(nhwc, example) < seconds_per_call(InferenceModel(model, channels_last=False), example)
+    nchw = InferenceModel(model, channels_last=False).eval()
+    seconds_nhwc, seconds_nchw = seconds_per_call([nhwc, nchw], example, repeats)
+    return seconds_nhwc < seconds_nchw
 
 
 def optimize_for_inference(model: nn.Module, example: Tensor, *, fold_bn: bool = True,
