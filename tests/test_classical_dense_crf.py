@@ -109,8 +109,8 @@ def test_dense_crf_agrees_with_pydensecrf_for_other_parameters(camvid_root: Path
 
 
 # The lattice's code paths: neighbours from a lookup table (a pixel grid) or by binary search, int32 or
-# int64 codes (far-apart clusters).
-@pytest.mark.parametrize("layout", ["cube", "grid", "clusters"])
+# int64 codes (far-apart clusters), simplices grouped by two sorts (7-d features).
+@pytest.mark.parametrize("layout", ["cube", "grid", "clusters", "7-d"])
 def test_permutohedral_filter_approximates_an_exact_gaussian_filter(layout: str) -> None:
     generator = torch.Generator().manual_seed(1)
     points = torch.rand(400, 3, generator=generator) * 4.0
@@ -119,6 +119,8 @@ def test_permutohedral_filter_approximates_an_exact_gaussian_filter(layout: str)
         points = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1) / 1.5
     elif layout == "clusters":
         points += 150.0 * torch.eye(3).repeat(134, 1)[:400] * torch.arange(400)[:, None].remainder(2)
+    elif layout == "7-d":
+        points = torch.randn(400, 7, generator=generator) * 1.5
     values = torch.rand(400, 2, generator=generator)
     squared = torch.cdist(points, points) ** 2
     exact = torch.exp(-squared / 2) @ values
@@ -126,7 +128,7 @@ def test_permutohedral_filter_approximates_an_exact_gaussian_filter(layout: str)
     lattice = PermutohedralLattice(points)
     approximate = lattice.filter(values) / lattice.filter(torch.ones(400, 1))
     relative = ((approximate - exact / exact_norm).abs() / (exact / exact_norm).abs()).mean()
-    assert relative < 0.05
+    assert relative < (0.25 if layout == "7-d" else 0.05)  # the lattice is coarser in more dimensions
 
 
 def test_permutohedral_filter_gradient_is_its_transpose() -> None:

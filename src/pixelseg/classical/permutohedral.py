@@ -115,7 +115,7 @@ class PermutohedralLattice:
         low = nearest[:d].amin(1).to(torch.long) - 2 * width
         span = nearest[:d].amax(1).to(torch.long) + 2 * width - low + 1
         spans = [int(extent) for extent in span]
-        if math.prod(spans) * width ** width >= 2**62:
+        if math.prod(spans) >= 2**62:
             raise ValueError("the features span too many lattice cells; use larger kernel bandwidths")
         stride = [math.prod(spans[i + 1:]) for i in range(d)]
         total = sum(stride)                                              # code of (1, ..., 1)
@@ -126,13 +126,20 @@ class PermutohedralLattice:
 
         # Points with the same (nearest, rank) share their simplex: group them with one sort and
         # find the vertices of each distinct simplex once.
-        simplex_code = base * width ** width
+        permutation = torch.zeros(num_points, dtype=torch.long, device=device)
         for i in range(width):
-            simplex_code += rank[i].to(torch.long) * width ** i
-        narrow = math.prod(spans) * width ** width < 2**31  # int32 codes sort faster
-        sorted_codes, order = torch.sort(simplex_code.to(torch.int32) if narrow else simplex_code)
+            permutation += rank[i].to(torch.long) * width ** i
         starts_group = torch.ones(num_points, dtype=torch.bool, device=device)
-        torch.ne(sorted_codes[1:], sorted_codes[:-1], out=starts_group[1:])
+        narrow = math.prod(spans) * width ** width < 2**31  # int32 codes sort faster
+        if math.prod(spans) * width ** width < 2**62:  # one code for (nearest, rank)
+            simplex_code = permutation.add_(base, alpha=width ** width)
+            sorted_codes, order = torch.sort(simplex_code.to(torch.int32) if narrow else simplex_code)
+            torch.ne(sorted_codes[1:], sorted_codes[:-1], out=starts_group[1:])
+        else:  # many dimensions: sort by rank, then (stably) by nearest
+            by_permutation = torch.sort(permutation, stable=True).indices
+            order = by_permutation[torch.sort(base[by_permutation], stable=True).indices]
+            sorted_base, sorted_permutation = base[order], permutation[order]
+            starts_group[1:] = (sorted_base[1:] != sorted_base[:-1]) | (sorted_permutation[1:] != sorted_permutation[:-1])
         group_of_position = starts_group.cumsum(0) - 1
         group_start = torch.nonzero(starts_group).squeeze(1)              # (S,) into ``order``
         simplices = group_start.shape[0]
