@@ -49,30 +49,15 @@ SMALL: dict[str, dict] = {
 # No small configuration: the VGG-16 FCNs (134M parameters) and HRNetV2 (fixed widths 18/48; W18 alone
 # takes ~50 s to export on the shared CPU).
 NOT_SMALL = {"fcn8s", "fcn16s", "fcn32s", "hrnetv2_w18", "hrnetv2_w48"}
-# What cannot be exported, and the reason each refusal must name (none at present).
-REFUSED: dict[str, str] = {}
-# F.max_unpool2d's Python size check fails on traced sizes (torch 2.14); upsampling.py must call the
-# operator directly while tracing.
-PENDING = {"segnet", "deconvnet"}
-
-
 def test_every_registered_model_has_a_small_configuration_or_is_named_as_too_large() -> None:
     assert set(pixelseg.list_models()) == set(SMALL) | NOT_SMALL
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True)) if n in PENDING else n
-                                  for n in sorted(SMALL)])
+@pytest.mark.parametrize("name", sorted(SMALL))
 def test_exported_graph_matches_eager_on_onnx_runtime_at_another_size(name: str, tmp_path: Path) -> None:
     model = pixelseg.create_model(name, num_classes=3, in_channels=3, **SMALL[name]).eval()
     path = tmp_path / f"{name}.onnx"
-    if name in REFUSED:
-        with pytest.raises(PixelsegError) as caught:
-            export_onnx(model, path, in_channels=3, name=name)
-        message = str(caught.value)
-        assert "\n" not in message and name in message and REFUSED[name] in message
-        assert not path.exists()
-        return
     export_onnx(model, path, in_channels=3, name=name)
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)

@@ -133,6 +133,8 @@ class MaxUnpoolUpsample(Upsample):
     def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, ...]) -> Tensor:
         if indices is None:
             raise ValueError("max_unpool upsampling needs the max-pooling indices of its encoder stage")
+        if self.dims == 2 and torch.jit.is_tracing():  # F.max_unpool2d's Python size check fails on traced sizes
+            return torch._C._nn.max_unpool2d(x, indices, list(size))
         unpool = F.max_unpool2d if self.dims == 2 else F.max_unpool3d
         return unpool(x, indices, kernel_size=self.factor, stride=self.factor, output_size=size)
 
