@@ -405,3 +405,22 @@ def test_predict_refuses_2d_only_options_for_volumetric_models(tmp_path) -> None
     np.save(tmp_path / "v.npy", np.zeros((8, 8, 8), np.float32))
     with pytest.raises(PixelsegError, match="--tile: not available for volumetric"):
         predict(run, tmp_path / "v.npy", tmp_path / "out", options=InferenceOptions(tile=8))
+
+
+def test_vnet_exported_at_a_multiple_of_its_stride_still_pads_other_sizes(tmp_path) -> None:
+    """The pad is emitted whatever the traced size, so an exported V-Net takes any volume."""
+    ort = pytest.importorskip("onnxruntime")
+    model = pixelseg.create_model("vnet", num_classes=2, in_channels=1, channels=[2, 4, 8], down_convs=[1, 1, 1],
+                                  up_convs=[1, 1]).eval()
+    path = tmp_path / "vnet.onnx"
+    axes = {0: "batch", 2: "depth", 3: "height", 4: "width"}
+    with torch.no_grad():  # traced at sides that are all multiples of 4 (V-Net's stride here)
+        torch.onnx.export(model, (torch.randn(1, 1, 8, 12, 16),), str(path), input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": axes, "logits": axes}, opset_version=17,
+                          dynamo=False)
+    odd = torch.randn(1, 1, 9, 19, 13)
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": odd.numpy()})
+    with torch.no_grad():
+        expected = model(odd).numpy()
+    assert got.shape == (1, 2, 9, 19, 13)
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -138,7 +138,7 @@ class VNet(SegmentationModel):
         size = x.shape[-3:]
         multiple = 2 ** (self.levels - 1)
         pads = [(-s) % multiple for s in size]
-        if any(pads):
+        if torch.jit.is_tracing() or any(pads):  # traced: always emit the Pad (its widths are dynamic)
             x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
         first = self.input_stage.activation.num_parameters
         residual = (x.repeat(1, first // x.shape[1], 1, 1, 1) if self.input_projection is None
