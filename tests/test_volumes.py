@@ -375,6 +375,12 @@ def test_pixelseg_train_trains_vnet_on_volumes_then_evaluates_and_predicts(tmp_p
         expected = model.eval()(torch.from_numpy(normalize_volume(volume[None]))[None]).argmax(1)[0]
     assert labels.shape == (12, 20, 16) and np.array_equal(labels, expected.numpy())
     assert np.array_equal(tifffile.imread(tmp_path / "out" / "b.tif"), labels)
+    # The exported graph (dynamic D, H, W) through ONNX Runtime writes the same labels.
+    pytest.importorskip("onnxruntime")
+    from pixelseg.engine.predict import InferenceOptions
+
+    onnx_report = predict(run, inputs / "a.npy", tmp_path / "onnx", options=InferenceOptions(backend="onnxruntime"))
+    assert not onnx_report.failed and np.array_equal(np.load(tmp_path / "onnx" / "a.npy"), labels)
 
 
 @pytest.mark.parametrize(("data", "message"), [

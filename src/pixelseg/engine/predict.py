@@ -200,7 +200,7 @@ def predict(model_path: str | Path, inputs: str | Path | Iterable[Path], out_dir
     model = from_pretrained(model_dir).to(device).eval()
     info, _ = model_data_info(model, model_dir)
     if info.spatial_dims == 3:  # a volumetric model (V-Net): whole volumes in, label volumes out
-        return _predict_volumes(model, info, inputs, out_dir, device, options, refine, shard, on_error)
+        return _predict_volumes(model, model_dir, info, inputs, out_dir, device, options, refine, shard, on_error)
     files = list_inputs(inputs) if isinstance(inputs, str | Path) else list(inputs)
     rank, world = shard
     files = files[rank::world]
@@ -245,19 +245,23 @@ def predict(model_path: str | Path, inputs: str | Path | Iterable[Path], out_dir
     return report
 
 
-def _predict_volumes(model: torch.nn.Module, info, inputs, out_dir, device: str, options: InferenceOptions,
-                     refine: str | None, shard: tuple[int, int], on_error: Callable[[str], None] | None
-                     ) -> PredictReport:
+def _predict_volumes(model: torch.nn.Module, model_dir: Path, info, inputs, out_dir, device: str,
+                     options: InferenceOptions, refine: str | None, shard: tuple[int, int],
+                     on_error: Callable[[str], None] | None) -> PredictReport:
     from .volumes import predict_volumes
 
-    unsupported = {"--refine": refine is not None, "--backend onnxruntime": options.backend != "torch",
+    unsupported = {"--refine": refine is not None,
                    "--optimize/--compile": options.optimize or options.compile, "--tile": options.tile is not None,
                    "--tta-scales/--tta-flip": options.tta_scales is not None or options.tta_flip,
                    "--stream": options.stream}
     named = [flag for flag, given in unsupported.items() if given]
     if named:
         raise PixelsegError(f"{', '.join(named)}: not available for volumetric (3D) models; they segment whole volumes")
-    written, failed = predict_volumes(model, info, inputs, out_dir, device=device, shard=shard, on_error=on_error)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    runner = onnx_runner(model, model_dir, options.threads) if options.backend == "onnxruntime" else None
+    written, failed = predict_volumes(model, info, inputs, out_dir, device=device, shard=shard, on_error=on_error,
+                                      runner=runner)
     return PredictReport(written=written, failed=failed)
 
 

@@ -3,7 +3,8 @@
 Each volume is read (``.npy`` never unpickled, multi-page ``.tif``), z-scored as in training
 (``data.volumes``), segmented whole by the model and written as ``<stem>.npy`` (class indices ``(D, H, W)``,
 uint8 up to 256 classes) and, when tifffile is installed, ``<stem>.tif`` (one page per slice). A volume that
-cannot be read or segmented is reported in one line and the others are still written.
+cannot be read or segmented is reported in one line and the others are still written. ``runner`` replaces
+the eager model (``--backend onnxruntime``: the exported graph, dynamic in depth, height and width).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def list_volumes(path: str | Path) -> list[Path]:
     raise PixelsegError("no such file or directory", path)
 
 
-def _labels_for(model: nn.Module, path: Path, info: DatasetInfo, device: str) -> np.ndarray:
+def _labels_for(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], path: Path, info: DatasetInfo,
+                device: str) -> np.ndarray:
     image = image_volume(read_volume(path), path)
     if image.shape[0] != info.in_channels:
         raise PixelsegError(f"the model takes {info.in_channels}-channel volumes, this one has {image.shape[0]}",
@@ -68,8 +70,9 @@ def _tif_bytes(array: np.ndarray) -> bytes | None:
 
 def predict_volumes(model: nn.Module, info: DatasetInfo, inputs: str | Path | Iterable[Path], out_dir: str | Path,
                     *, device: str = "cpu", shard: tuple[int, int] = (0, 1),
-                    on_error: Callable[[str], None] | None = None) -> tuple[list[Path], list[str]]:
-    """Segment every input volume; return (files written, one-line failures)."""
+                    on_error: Callable[[str], None] | None = None,
+                    runner: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[list[Path], list[str]]:
+    """Segment every input volume with the model (or ``runner``); return (files written, one-line failures)."""
     files = list_volumes(inputs) if isinstance(inputs, str | Path) else list(inputs)
     rank, world = shard
     out_dir = Path(out_dir)
@@ -79,7 +82,7 @@ def predict_volumes(model: nn.Module, info: DatasetInfo, inputs: str | Path | It
     failed: list[str] = []
     for path in files[rank::world]:
         try:
-            labels = _labels_for(model, path, info, device)
+            labels = _labels_for(runner or model, path, info, device)
         except PixelsegError as err:
             failed.append(str(err))
             if on_error:
