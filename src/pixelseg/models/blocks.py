@@ -25,18 +25,20 @@ class ConvBnAct(nn.Sequential):
         super().__init__(*layers)
 
 
-def pad_to_multiple(x: Tensor, multiple: int, mode: str = "constant") -> tuple[Tensor, tuple[int, int]]:
-    """Pad ``x`` at the bottom/right so that H and W are multiples of ``multiple``.
+def pad_to_multiple(x: Tensor, multiple: int, mode: str = "constant", *, dims: int = 2
+                    ) -> tuple[Tensor, tuple[int, ...]]:
+    """Pad ``x`` at the end of its last ``dims`` axes (bottom/right: H and W; with ``dims=3`` also the
+    depth D of a volume) so that each is a multiple of ``multiple``.
 
-    Returns the padded tensor and the original (H, W), for ``crop_to`` afterwards. While being traced
+    Returns the padded tensor and the original sizes, for ``crop_to`` afterwards. While being traced
     (``torch.jit.trace``, ONNX export) the pad is always emitted, with widths computed from the traced
     size (zero when it is already a multiple): a Python branch on the size would be frozen into the graph.
     """
-    height, width = x.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if torch.jit.is_tracing() or pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-    return x, (height, width)
+    sizes = tuple(x.shape[-dims:])
+    pads = [(-side) % multiple for side in sizes]
+    if torch.jit.is_tracing() or any(pads):
+        x = F.pad(x, [width for pad in reversed(pads) for width in (0, pad)], mode=mode)
+    return x, sizes
 
 
 def crop_to(x: Tensor, size: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> Tensor:

@@ -31,10 +31,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import SegmentationModel
+from .blocks import pad_to_multiple
 from .registry import register
 from .upsampling import check_upsampling, make_upsample
 
@@ -135,11 +135,7 @@ class VNet(SegmentationModel):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 5:
             raise ValueError(f"V-Net takes volumes (B, C, D, H, W), not a tensor of shape {tuple(x.shape)}")
-        size = x.shape[-3:]
-        multiple = 2 ** (self.levels - 1)
-        pads = [(-s) % multiple for s in size]
-        if torch.jit.is_tracing() or any(pads):  # traced: always emit the Pad (its widths are dynamic)
-            x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
+        x, size = pad_to_multiple(x, 2 ** (self.levels - 1), dims=3)
         first = self.input_stage.activation.num_parameters
         residual = (x.repeat(1, first // x.shape[1], 1, 1, 1) if self.input_projection is None
                     else self.input_projection(x))
