@@ -24,6 +24,13 @@ VOLUME_SUFFIXES = (".npy", ".tif", ".tiff")
 VolumeTransform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
+def list_volume_files(directory: Path) -> list[Path]:
+    """The volume files (``.npy``, ``.tif``, ``.tiff``) of ``directory``, sorted."""
+    if not directory.is_dir():
+        raise PixelsegError("volume folder not found", directory)
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in VOLUME_SUFFIXES and p.is_file())
+
+
 def read_volume(path: str | Path) -> np.ndarray:
     """Read a ``.npy`` array (never unpickled) or a multi-page ``.tif``/``.tiff`` stack."""
     path = Path(path)
@@ -89,15 +96,10 @@ class VolumeFolder(Dataset):
                  normalize: bool = True, transform: VolumeTransform | None = None,
                  ignore_index: int = 255) -> None:
         self.images_dir, self.labels_dir = Path(images), Path(labels)
-        for folder in (self.images_dir, self.labels_dir):
-            if not folder.is_dir():
-                raise PixelsegError("volume folder not found", folder)
-        labels_by_stem = {p.stem: p for p in sorted(self.labels_dir.iterdir())
-                          if p.suffix.lower() in VOLUME_SUFFIXES}
+        images_found = list_volume_files(self.images_dir)
+        labels_by_stem = {p.stem: p for p in list_volume_files(self.labels_dir)}
         self.samples: list[tuple[Path, Path]] = []
-        for image in sorted(self.images_dir.iterdir()):
-            if image.suffix.lower() not in VOLUME_SUFFIXES:
-                continue
+        for image in images_found:
             if image.stem not in labels_by_stem:
                 raise PixelsegError(f"no label volume named '{image.stem}.*' in {self.labels_dir}", image)
             self.samples.append((image, labels_by_stem[image.stem]))

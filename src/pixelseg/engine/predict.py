@@ -34,14 +34,16 @@ if TYPE_CHECKING:
     from ..classical.dense_crf import DenseCRFConfig
 
 
-def list_inputs(path: str | Path) -> list[Path]:
+def list_inputs(path: str | Path, list_files: Callable[[Path], list[Path]] = list_images,
+                what: str = "images") -> list[Path]:
+    """``path`` itself, or the files of a folder that ``list_files`` finds (images by default)."""
     path = Path(path)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = list_images(path)
+        files = list_files(path)
         if not files:
-            raise PixelsegError("no images found", path)
+            raise PixelsegError(f"no {what} found", path)
         return files
     raise PixelsegError("no such file or directory", path)
 

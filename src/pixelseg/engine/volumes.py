@@ -18,23 +18,11 @@ import torch
 from torch import nn
 
 from ..data.build import DatasetInfo
-from ..data.volumes import VOLUME_SUFFIXES, image_volume, normalize_volume, read_volume
+from ..data.volumes import VOLUME_SUFFIXES, image_volume, list_volume_files, normalize_volume, read_volume
 from ..errors import PixelsegError
 from ..models.base import main_logits
 from .checkpoint import atomic_write_bytes
-
-
-def list_volumes(path: str | Path) -> list[Path]:
-    """``path`` itself, or the volume files (``.npy``, ``.tif``, ``.tiff``) of a folder, sorted."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in VOLUME_SUFFIXES)
-        if not files:
-            raise PixelsegError(f"no volumes ({', '.join(VOLUME_SUFFIXES)}) found", path)
-        return files
-    raise PixelsegError("no such file or directory", path)
+from .predict import list_inputs
 
 
 def _labels_for(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], path: Path, info: DatasetInfo,
@@ -73,7 +61,8 @@ def predict_volumes(model: nn.Module, info: DatasetInfo, inputs: str | Path | It
                     on_error: Callable[[str], None] | None = None,
                     runner: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[list[Path], list[str]]:
     """Segment every input volume with the model (or ``runner``); return (files written, one-line failures)."""
-    files = list_volumes(inputs) if isinstance(inputs, str | Path) else list(inputs)
+    files = (list_inputs(inputs, list_volume_files, f"volumes ({', '.join(VOLUME_SUFFIXES)})")
+             if isinstance(inputs, str | Path) else list(inputs))
     rank, world = shard
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
