@@ -85,11 +85,8 @@ def _make_volumes(config: DataConfig, split: str, train: bool, transform) -> Dat
     _require(config, images, labels)
     if config.classes is None:
         raise PixelsegError("data.classes must list the class names for data.name 'volumes'")
-    dataset = VolumeFolder(Path(getattr(config, images)), Path(getattr(config, labels)),
-                           num_classes=len(config.classes), transform=transform, ignore_index=config.ignore_index)
-    dataset.classes = list(config.classes)
-    dataset.palette = config.palette or default_palette(len(config.classes))
-    return dataset
+    return VolumeFolder(Path(getattr(config, images)), Path(getattr(config, labels)), classes=config.classes,
+                        palette=config.palette, transform=transform, ignore_index=config.ignore_index)
 
 
 def _check_augmentation(config: DataConfig) -> None:

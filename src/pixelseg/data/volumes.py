@@ -89,12 +89,21 @@ class VolumeFolder(Dataset):
     """Volumes in ``images/`` with labels of the same stem in ``labels/`` (``.npy``, ``.tif``, ``.tiff``).
 
     ``normalize`` rescales each image volume to zero mean and unit variance. ``transform`` receives and
-    returns ``(image, label)`` tensors.
+    returns ``(image, label)`` tensors. ``classes`` (names; they also set ``num_classes``) and ``palette``
+    describe the labels for training and predictions.
     """
 
     def __init__(self, images: str | Path, labels: str | Path, *, num_classes: int | None = None,
                  normalize: bool = True, transform: VolumeTransform | None = None,
-                 ignore_index: int = 255) -> None:
+                 ignore_index: int = 255, classes: Sequence[str] | None = None,
+                 palette: Sequence[Sequence[int]] | None = None) -> None:
+        from .folder import default_palette
+
+        self.classes = list(classes) if classes is not None else None
+        if classes is not None:
+            num_classes = len(classes)
+        self.palette = ([tuple(c) for c in palette] if palette is not None
+                        else default_palette(num_classes) if num_classes is not None else None)
         self.images_dir, self.labels_dir = Path(images), Path(labels)
         images_found = list_volume_files(self.images_dir)
         labels_by_stem = {p.stem: p for p in list_volume_files(self.labels_dir)}
