@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from pixelseg.classical.crf_as_rnn import WithCRFasRNN
-from pixelseg.classical.dense_crf import DenseCRFConfig, dense_crf, unary_from_probabilities
+from pixelseg.refiners.crf_as_rnn import WithCRFasRNN
+from pixelseg.refiners.dense_crf import DenseCRFConfig, dense_crf, unary_from_probabilities
 from pixelseg.metrics import ConfusionMatrix
 
 ROOT = Path(__file__).resolve().parents[1]

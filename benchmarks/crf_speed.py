@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pixelseg.classical.dense_crf import DenseCRFConfig, dense_crf, spatial_kernel  # noqa: E402
+from pixelseg.refiners.dense_crf import DenseCRFConfig, dense_crf, spatial_kernel  # noqa: E402
 from tests.test_classical_dense_crf import camvid_unary, pydensecrf_marginals, train_pixel_network  # noqa: E402
 
 

@@ -42,8 +42,8 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from pixelseg.engine.export import OnnxRuntimeModel, export_onnx
-from pixelseg.engine.speedups import optimize_for_inference
+from pixelseg.inference.export import OnnxRuntimeModel, export_onnx
+from pixelseg.inference.speedups import optimize_for_inference
 
 # The optimised paths' own equality checks (export_onnx, optimize_for_inference) guard against a broken
 # graph (a frozen shape gives differences of order 1); float32 re-association alone reaches a few 1e-4 on

@@ -60,7 +60,7 @@ def write_scene(path: Path, size: int, tile: int = 512) -> None:
 def stream_child(source: Path, out: Path, tile: int, context: int) -> dict:
     import torch
 
-    from pixelseg.engine.tiling import stream_predict
+    from pixelseg.inference.tiling import stream_predict
 
     torch.set_num_threads(1)
     model = build_model()
@@ -79,7 +79,7 @@ def whole_child(source: Path, limit_gb: float) -> dict:
         import tifffile
         import torch
 
-        from pixelseg.engine.forward import forward_whole
+        from pixelseg.inference.forward import forward_whole
 
         torch.set_num_threads(1)
         model = build_model()

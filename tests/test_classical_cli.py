@@ -10,7 +10,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from pixelseg.classical.cli import register
+from pixelseg.cli.segment import register
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pixelseg.classical.crf_as_rnn import CRFasRNN, WithCRFasRNN
-from pixelseg.classical.dense_crf import DenseCRFConfig, dense_crf
+from pixelseg.refiners.crf_as_rnn import CRFasRNN, WithCRFasRNN
+from pixelseg.refiners.dense_crf import DenseCRFConfig, dense_crf
 
 
 def test_crf_as_rnn_at_initialisation_is_dense_crf_mean_field() -> None:

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelseg.classical.dense_crf import DenseCRFConfig, dense_crf, refine_logits, unary_from_probabilities
-from pixelseg.classical.permutohedral import PermutohedralLattice
+from pixelseg.refiners.dense_crf import DenseCRFConfig, dense_crf, refine_logits, unary_from_probabilities
+from pixelseg.refiners.permutohedral import PermutohedralLattice
 
 CAMVID_CLASSES = 11
 

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from pixelseg.classical.dense_crf import DenseCRFConfig, unary_from_probabilities
+from pixelseg.refiners.dense_crf import DenseCRFConfig, unary_from_probabilities
 from pixelseg.data.build import dataset_info
 from pixelseg.data.transforms import normalize
 from pixelseg.engine.config import Config, DataConfig, ModelConfig
-from pixelseg.engine.forward import forward_whole
+from pixelseg.inference.forward import forward_whole
 from pixelseg.engine.train import build_model_for
 from tests.test_classical_dense_crf import pydensecrf_marginals
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import pixelseg
 from pixelseg import cli
 from pixelseg.engine import train as train_module
-from pixelseg.engine.checkpoint import atomic_write_bytes, load_state_dict
+from pixelseg.io.checkpoint import atomic_write_bytes, load_state_dict
 from pixelseg.engine.config import load_config
 from pixelseg.engine.evaluate import evaluate
 from pixelseg.engine.predict import predict
@@ -244,7 +244,7 @@ def test_scheduled_losses_follow_the_epoch_across_resume(tmp_path: Path) -> None
 
 def test_class_weights_computed_from_the_training_split(tmp_path: Path) -> None:
     from pixelseg.engine.train import loss_terms
-    from pixelseg.stats import dataset_stats
+    from pixelseg.data.stats import dataset_stats
 
     config = load_config(write_config(tmp_path), ["loss=[{name: cross_entropy, params: {class_weights: enet}}]"])
     expected = dataset_stats(config.data).enet_weights()

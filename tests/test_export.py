@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 import pixelseg
 from pixelseg import cli
-from pixelseg.engine.export import OPSET, export_onnx, sample_size
-from pixelseg.engine.speedups import fold_batchnorm, optimize_for_inference
+from pixelseg.inference.export import OPSET, export_onnx, sample_size
+from pixelseg.inference.speedups import fold_batchnorm, optimize_for_inference
 from pixelseg.errors import PixelsegError
 from pixelseg.models.blocks import crop_to, pad_to_multiple
 

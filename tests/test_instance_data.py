@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pixelseg.errors import PixelsegError
-from pixelseg.instance.data import (
+from pixelseg.data.instances import (
     CocoInstances,
     InstanceMaskFolder,
     SyntheticInstances,

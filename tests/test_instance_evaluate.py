@@ -12,7 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import nn
 
-from pixelseg.instance.data import SyntheticInstances
+from pixelseg.data.instances import SyntheticInstances
 from pixelseg.instance.evaluate import coco_metrics, detections_to_coco, ground_truth_coco
 from pixelseg.instance.predict import draw_instances, instance_colours, predict_images
 
@@ -106,7 +106,7 @@ def test_overlay_blends_each_instance_with_its_own_colour():
 
 
 def test_coco_sample_ground_truth_round_trips_with_original_category_ids(coco_sample_root: Path):
-    from pixelseg.instance.data import CocoInstances
+    from pixelseg.data.instances import CocoInstances
 
     dataset = CocoInstances(coco_sample_root / "panoptic_coco_detection_format.json",
                             coco_sample_root / "input_images")

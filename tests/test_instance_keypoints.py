@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torchvision.models.detection import keypointrcnn_resnet50_fpn
 
-from pixelseg.instance.data import collate_detection
-from pixelseg.instance.keypoints import SyntheticKeypoints, build_keypoint_rcnn
-from pixelseg.instance.roi_ops import MultiLevelRoIAlign
+from pixelseg.data.instances import collate_detection
+from pixelseg.models.keypoint_rcnn import SyntheticKeypoints, build_keypoint_rcnn
+from pixelseg.models.roi_ops import MultiLevelRoIAlign
 
 
 def test_keypoint_rcnn_resnet50_fpn_matches_torchvision_parameter_count():

@@ -10,9 +10,9 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.ops import MultiScaleRoIAlign
 
 from pixelseg.errors import PixelsegError
-from pixelseg.instance.data import SyntheticInstances, collate_detection
-from pixelseg.instance.maskrcnn import build_mask_rcnn, load_instance_model, save_instance_model
-from pixelseg.instance.roi_ops import MultiLevelRoIAlign
+from pixelseg.data.instances import SyntheticInstances, collate_detection
+from pixelseg.models.mask_rcnn import build_mask_rcnn, load_instance_model, save_instance_model
+from pixelseg.models.roi_ops import MultiLevelRoIAlign
 
 TINY = dict(backbone="mobilenet_v3_large", width_mult=0.35, fpn_channels=16, representation_size=32,
             mask_head_channels=8, min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128],

@@ -168,8 +168,8 @@ def test_penn_fudan_run_is_one_command(tmp_path: Path):
 
 
 def test_precise_batchnorm_sets_running_stats_to_the_average_of_batch_statistics():
-    from pixelseg.instance.data import SyntheticInstances, collate_detection
-    from pixelseg.instance.maskrcnn import build_mask_rcnn
+    from pixelseg.data.instances import SyntheticInstances, collate_detection
+    from pixelseg.models.mask_rcnn import build_mask_rcnn
     from pixelseg.instance.train import recompute_batchnorm_statistics
 
     torch.set_num_threads(1)

@@ -164,7 +164,7 @@ def test_multiclass_loss_matches_reference_on_camvid_masks(name: str, camvid_roo
 
 
 def test_weighted_cross_entropy_on_camvid_with_its_median_frequency_weights(camvid_root: Path) -> None:
-    from pixelseg.stats import count_classes, median_frequency_weights
+    from pixelseg.data.stats import count_classes, median_frequency_weights
 
     logits, target = camvid_case(camvid_root)
     weights = torch.tensor(median_frequency_weights(*count_classes(target, 11)[:2]), dtype=torch.float32)

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 import pixelseg
 from pixelseg import cli
 from pixelseg.data.transforms import normalize, to_chw_uint8
-from pixelseg.engine.forward import forward_whole
+from pixelseg.inference.forward import forward_whole
 from pixelseg.engine.predict import InferenceOptions, build_runner, logits_function, predict
-from pixelseg.engine.tta import tta_logits
+from pixelseg.inference.tta import tta_logits
 from pixelseg.errors import PixelsegError
 
 PALETTE = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]

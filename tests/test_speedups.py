@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import pixelseg
-from pixelseg.engine import speedups
+from pixelseg.inference import speedups
 
 
 @pytest.mark.parametrize("nhwc_faster", [True, False])

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from pixelseg.cli import app
 from pixelseg.data.shapes import Shapes
-from pixelseg.stats import count_classes, enet_weights, median_frequency_weights
+from pixelseg.data.stats import count_classes, enet_weights, median_frequency_weights
 
 runner = CliRunner()
 

@@ -11,8 +11,8 @@ from PIL import Image
 from torch import nn
 
 import pixelseg
-from pixelseg.engine.forward import forward_whole
-from pixelseg.engine.tiling import (
+from pixelseg.inference.forward import forward_whole
+from pixelseg.inference.tiling import (
     blend_window,
     class_map,
     has_valid_convolutions,
@@ -151,7 +151,7 @@ def test_class_map_is_argmax_over_classes_with_first_class_on_ties() -> None:
 
 @torch.inference_mode()
 def test_streaming_reads_one_window_at_a_time(tmp_path, monkeypatch) -> None:
-    from pixelseg.engine import tiling
+    from pixelseg.inference import tiling
 
     pixels = np.random.default_rng(2).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     _write_tiled_tiff(tmp_path / "scene.tif", pixels)

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from pixelseg import create_model
 from pixelseg.data.build import build_eval_dataset, dataset_info
 from pixelseg.engine.config import Config, DataConfig, ModelConfig
-from pixelseg.engine.forward import forward_whole
+from pixelseg.inference.forward import forward_whole
 from pixelseg.engine.train import build_model_for
-from pixelseg.engine.tta import TestTimeAugmented, parse_scales, tta_logits
+from pixelseg.inference.tta import TestTimeAugmented, parse_scales, tta_logits
 from pixelseg.errors import PixelsegError
 
 

@@ -12,7 +12,8 @@ from torch import nn
 import pixelseg
 from pixelseg.data.volumes import SyntheticVolumes, VolumeFolder, isbi2012_volume, read_volume
 from pixelseg.errors import PixelsegError
-from pixelseg.metrics3d import VNetDiceLoss, VolumeScores, dice_iou_per_class, vnet_dice_loss
+from pixelseg.losses import VNetDiceLoss, vnet_dice_loss
+from pixelseg.metrics.volume import VolumeScores, dice_iou_per_class
 
 TINY_VNET = {"channels": [4, 8, 16], "down_convs": [1, 2, 2], "up_convs": [2, 1]}
 

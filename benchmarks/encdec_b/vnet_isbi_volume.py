@@ -3,7 +3,7 @@
 The 30 slices (512x512, consecutive sections) are stacked into a 30x512x512 volume. The volume is split
 in space, not by slice: V-Net trains on random 16x64x64 patches of columns 0..383 and is evaluated on the
 held-out block of columns 384..511 (all 30 slices), tiled in 32x128x128 windows. Loss: the paper's Dice
-loss (``pixelseg.metrics3d.vnet_dice_loss``, squared terms in the denominator). Scores: per-class Dice and
+loss (``pixelseg.metrics.volume.vnet_dice_loss``, squared terms in the denominator). Scores: per-class Dice and
 IoU over voxels (``VolumeScores``) and pixel accuracy, mean accuracy, mIoU and fwIoU from one confusion
 matrix (``pixelseg.metrics.ConfusionMatrix``).
 
@@ -31,7 +31,8 @@ import torch
 import pixelseg
 from pixelseg.data.volumes import isbi2012_volume, normalize_volume
 from pixelseg.metrics import ConfusionMatrix
-from pixelseg.metrics3d import VolumeScores, vnet_dice_loss
+from pixelseg.losses import vnet_dice_loss
+from pixelseg.metrics.volume import VolumeScores
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -495,5 +495,52 @@ def build_loss(terms: Sequence[dict[str, Any]], ignore_index: int = 255) -> nn.M
     return WeightedSum([module for module, _ in built], [weight for _, weight in built])
 
 
-# The paper V-Net's Dice loss lives with the 3D scores; importing it registers ``vnet_dice``.
-from . import metrics3d  # noqa: E402,F401
+# ---- V-Net's Dice loss (Milletari, Navab & Ahmadi, 3DV 2016, arXiv:1606.04797, Sec. 3) -----------------
+# D = 2 Σ p_i g_i / (Σ p_i² + Σ g_i²) over the voxels of a volume (p: softmax probability, g: the binary
+# ground truth of a class); the loss is 1 − D averaged over classes and volumes.
+
+def _one_hot(target: Tensor, num_classes: int, ignore_index: int | None) -> tuple[Tensor, Tensor]:
+    """One-hot ``(B, C, *spatial)`` float target and a ``(B, 1, *spatial)`` mask of the counted voxels."""
+    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    safe = torch.where(valid, target, torch.zeros_like(target)).long()
+    onehot = F.one_hot(safe, num_classes).movedim(-1, 1).float()
+    valid = valid.unsqueeze(1)
+    return onehot * valid, valid
+
+
+def vnet_dice_loss(logits: Tensor, target: Tensor, *, include_background: bool = True,
+                   ignore_index: int | None = None, batch: bool = False, eps: float = 1e-6) -> Tensor:
+    """V-Net's Dice loss on logits ``(B, C, *spatial)`` and integer targets ``(B, *spatial)``.
+
+    ``1 − 2 Σ p g / (Σ p² + Σ g² + eps)``: sums over the voxels of each volume (``batch=True``: over the
+    whole batch), then the mean over classes (from class 1 if not ``include_background``) and volumes.
+    Voxels labelled ``ignore_index`` count in neither sum.
+    """
+    num_classes = logits.shape[1]
+    probs = logits.float().softmax(1)
+    onehot, valid = _one_hot(target, num_classes, ignore_index)
+    probs = probs * valid
+    dims = tuple(range(2, probs.dim()))
+    if batch:
+        dims = (0, *dims)
+    intersection = (probs * onehot).sum(dims)
+    denominator = (probs * probs).sum(dims) + (onehot * onehot).sum(dims)
+    dice = 2 * intersection / (denominator + eps)
+    if not include_background:
+        dice = dice[..., 1:]
+    return 1 - dice.mean()
+
+
+@register_loss("vnet_dice")
+class VNetDiceLoss(nn.Module):
+    """``vnet_dice_loss`` as a module (``build_loss([{"name": "vnet_dice"}])`` once this module is loaded)."""
+
+    def __init__(self, include_background: bool = True, ignore_index: int | None = 255, batch: bool = False,
+                 eps: float = 1e-6) -> None:
+        super().__init__()
+        self.include_background, self.ignore_index = include_background, ignore_index
+        self.batch, self.eps = batch, eps
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return vnet_dice_loss(logits, target, include_background=self.include_background,
+                              ignore_index=self.ignore_index, batch=self.batch, eps=self.eps)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch.utils.data import ConcatDataset, Dataset
 
-from ..engine.config import DataConfig
+from .config import DataConfig
 from ..errors import PixelsegError, closest
 from .camvid import CamVid
 from .folder import SegmentationFolder, default_palette

@@ -7,7 +7,8 @@ from pathlib import Path
 from rich.console import Console
 
 from ..data.shapes import Shapes
-from .config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+from ..data.config import DataConfig
+from .config import Config, ModelConfig, OptimConfig, TrainConfig
 from .evaluate import evaluate
 from .predict import predict
 

@@ -13,9 +13,10 @@ from torch.utils.data import DataLoader
 from ..data.build import DatasetInfo, build_eval_dataset
 from ..errors import PixelsegError
 from ..models.registry import from_pretrained
-from .config import DataConfig, _build
+from ..data.config import DataConfig
+from ..io.config import build_typed
 from .train import evaluate_model
-from .tta import TestTimeAugmented, check_scales
+from ..inference.tta import TestTimeAugmented, check_scales
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -35,7 +36,7 @@ def model_data_info(model: torch.nn.Module, model_dir: Path) -> tuple[DatasetInf
                             "saved by pixelseg train", model_dir / "config.json")
     dataset = data.get("dataset")
     fields = {k: v for k, v in data.items() if k != "dataset"}
-    return DatasetInfo(**fields), (_build(DataConfig, dataset, "data") if dataset else None)
+    return DatasetInfo(**fields), (build_typed(DataConfig, dataset, "data") if dataset else None)
 
 
 def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides: dict[str, Any] | None = None,
@@ -65,6 +66,6 @@ def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides
 
 
 def write_report(scores: dict[str, Any], path: str | Path) -> None:
-    from .checkpoint import atomic_write_bytes
+    from ..io.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, json.dumps(scores, indent=2).encode())

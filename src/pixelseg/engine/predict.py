@@ -25,13 +25,13 @@ from ..data.folder import list_images, read_image
 from ..data.transforms import normalize, to_chw_uint8
 from ..errors import PixelsegError
 from ..models.registry import from_pretrained
-from .checkpoint import atomic_write_bytes
+from ..io.checkpoint import atomic_write_bytes
 from .evaluate import model_data_info, resolve_model_dir
-from .forward import forward_whole
-from .tiling import stream_predict, tiled_logits
+from ..inference.forward import forward_whole
+from ..inference.tiling import stream_predict, tiled_logits
 
 if TYPE_CHECKING:
-    from ..classical.dense_crf import DenseCRFConfig
+    from ..refiners.dense_crf import DenseCRFConfig
 
 
 def list_inputs(path: str | Path, list_files: Callable[[Path], list[Path]] = list_images,
@@ -87,7 +87,7 @@ BACKENDS = ("torch", "onnxruntime")
 
 def crf_labels(logits: torch.Tensor, image: Image.Image, config: DenseCRFConfig | None = None) -> np.ndarray:
     """Labels (H, W) of one image's logits (K, H, W) refined by the dense CRF (``--refine crf``)."""
-    from ..classical.dense_crf import refine_logits
+    from ..refiners.dense_crf import refine_logits
 
     return refine_logits(logits, np.asarray(image.convert("RGB")), config).cpu().numpy()
 
@@ -122,7 +122,7 @@ class InferenceOptions:
 def onnx_runner(model: torch.nn.Module, model_dir: Path, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """ONNX Runtime on ``model.onnx`` next to the saved model (as ``pixelseg export`` writes it), else on a
     fresh export in a temporary folder (removed once the session has loaded it)."""
-    from .export import OnnxRuntimeModel, export_onnx
+    from ..inference.export import OnnxRuntimeModel, export_onnx
 
     saved = model_dir / "model.onnx"
     if saved.is_file():
@@ -137,9 +137,9 @@ def onnx_runner(model: torch.nn.Module, model_dir: Path, threads: int | None) ->
 def build_runner(model: torch.nn.Module, model_dir: Path, options: InferenceOptions,
                  device: str = "cpu") -> torch.nn.Module | Callable[[torch.Tensor], torch.Tensor]:
     """The callable that maps an image batch to logits: eager, optimised eager or ONNX Runtime (+ TTA)."""
-    from .export import sample_size
-    from .speedups import optimize_for_inference
-    from .tta import TestTimeAugmented, check_scales
+    from ..inference.export import sample_size
+    from ..inference.speedups import optimize_for_inference
+    from ..inference.tta import TestTimeAugmented, check_scales
 
     if options.threads:
         torch.set_num_threads(options.threads)

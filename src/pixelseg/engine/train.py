@@ -38,9 +38,9 @@ from ..losses import build_loss
 from ..metrics import ConfusionMatrix
 from ..models.base import SegmentationOutput
 from ..models.registry import create_model
-from .checkpoint import atomic_write_bytes, load_training_state, save_training_state
+from ..io.checkpoint import atomic_write_bytes, load_training_state, save_training_state
 from .config import Config, config_to_dict
-from .forward import forward_whole
+from ..inference.forward import forward_whole
 
 console = Console(stderr=True)
 
@@ -69,7 +69,7 @@ def loss_terms(config: Config) -> list[dict[str, Any]]:
             if weighting not in CLASS_WEIGHTINGS:
                 raise PixelsegError(f"loss '{term.name}': class_weights '{weighting}' is not a weighting"
                                     f"{closest(weighting, CLASS_WEIGHTINGS)} (or give a list of numbers)")
-            from ..stats import dataset_stats
+            from ..data.stats import dataset_stats
 
             stats = dataset_stats(config.data)
             weights = stats.median_frequency_weights() if weighting == "median_frequency" else stats.enet_weights()

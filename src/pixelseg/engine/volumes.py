@@ -21,7 +21,7 @@ from ..data.build import DatasetInfo
 from ..data.volumes import VOLUME_SUFFIXES, image_volume, list_volume_files, normalize_volume, read_volume
 from ..errors import PixelsegError
 from ..models.base import main_logits
-from .checkpoint import atomic_write_bytes
+from ..io.checkpoint import atomic_write_bytes
 from .predict import list_inputs
 
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import PixelsegError
-from .data import collate_detection
+from ..data.instances import collate_detection
 
 METRIC_NAMES = ("AP", "AP50", "AP75")
 
@@ -125,7 +125,7 @@ def evaluate_from_args(model_dir: Path, config_path: Path | None = None, overrid
     ``model/``) on the ``split`` data of ``config_path`` (default: the config saved next to the model),
     metrics printed and written to ``output`` (default ``model_dir/metrics_<split>.json``).
     ``data_root`` moves the data: the folder of a Penn-Fudan layout, the image folder of COCO data."""
-    from .maskrcnn import find_instance_model, load_instance_model
+    from ..models.mask_rcnn import find_instance_model, load_instance_model
     from .train import build_dataset, load_config
 
     model_dir = find_instance_model(model_dir) or Path(model_dir)
@@ -146,7 +146,7 @@ def evaluate_from_args(model_dir: Path, config_path: Path | None = None, overrid
     dataset = build_dataset(config, split)
     metrics = evaluate_model(model, dataset, batch_size=batch_size)
     output = Path(output) if output is not None else model_dir / f"metrics_{split}.json"
-    from ..engine.checkpoint import atomic_write_bytes
+    from ..io.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(output, json.dumps(metrics, indent=2).encode())
     for name, value in metrics.items():

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from ..errors import PixelsegError
-from .data import IMAGE_SUFFIXES, _image_tensor, _read_rgb
+from ..data.instances import IMAGE_SUFFIXES, _image_tensor, _read_rgb
 from .evaluate import detections_to_coco
 
 
@@ -67,7 +67,7 @@ def collect_images(inputs: list[Path]) -> list[Path]:
 def predict_images(model: nn.Module, paths: list[Path], output_dir: Path, *, score_threshold: float = 0.5,
                    mask_threshold: float = 0.5, device: str = "cpu") -> list[dict[str, Any]]:
     """Run ``model`` on every image, write ``predictions.json``, ``images.json`` and the overlays."""
-    from ..engine.checkpoint import atomic_write_bytes
+    from ..io.checkpoint import atomic_write_bytes
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ def predict_from_args(model_dir: Path, inputs: list[Path] | Path, output_dir: Pa
     """``pixelseg predict`` for instance models: a saved model directory (or a run folder's
     ``model/``), images or folders (one path or a list), an output folder. Prints one line per image
     with the number of instances kept."""
-    from .maskrcnn import find_instance_model, load_instance_model
+    from ..models.mask_rcnn import find_instance_model, load_instance_model
 
     model = load_instance_model(find_instance_model(model_dir) or Path(model_dir)).to(device)
     paths = collect_images([Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs])

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import PixelsegError
-from .data import CocoInstances, InstanceMaskFolder, SyntheticInstances, Target, collate_detection
+from ..data.instances import CocoInstances, InstanceMaskFolder, SyntheticInstances, Target, collate_detection
 
 DEFAULTS: dict[str, Any] = {
     "task": "instance",
@@ -160,9 +160,9 @@ def learning_rate(step: int, base_lr: float, steps: int, warmup: int) -> float:
 
 def train(config: dict[str, Any], *, resume: bool = False) -> dict[str, Any]:
     """Train the configured Mask R-CNN; returns the final summary (also written to ``summary.json``)."""
-    from ..engine.checkpoint import atomic_write_bytes, load_training_state, save_training_state
+    from ..io.checkpoint import atomic_write_bytes, load_training_state, save_training_state
     from .evaluate import evaluate_model
-    from .maskrcnn import build_mask_rcnn, save_instance_model
+    from ..models.mask_rcnn import build_mask_rcnn, save_instance_model
 
     settings = config["train"]
     if settings["threads"]:

@@ -45,13 +45,13 @@ class DenseCRFRefiner:
 
     def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
                  config: object | None = None) -> None:
-        from ..classical.dense_crf import DenseCRFConfig
+        from ..refiners.dense_crf import DenseCRFConfig
 
         self.mean, self.std = mean, std
         self.config = config or DenseCRFConfig()
 
     def __call__(self, image: Tensor, logits: Tensor) -> Tensor:
-        from ..classical.dense_crf import dense_crf, unary_from_probabilities
+        from ..refiners.dense_crf import dense_crf, unary_from_probabilities
 
         if image.shape[1] != 3:
             raise ValueError(f"the dense CRF needs RGB images, got {image.shape[1]} channels")

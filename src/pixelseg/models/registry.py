@@ -93,7 +93,7 @@ def config_of(model: nn.Module) -> dict[str, Any]:
 
 def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically, file by file)."""
-    from ..engine.checkpoint import atomic_write_bytes, save_state_dict_atomic
+    from ..io.checkpoint import atomic_write_bytes, save_state_dict_atomic
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
 
 def from_pretrained(directory: str | Path, *, map_location: str = "cpu") -> nn.Module:
     """Rebuild a model saved with ``save_pretrained``: its config, then its weights. No pickle."""
-    from ..engine.checkpoint import load_state_dict
+    from ..io.checkpoint import load_state_dict
 
     directory = Path(directory)
     config_path, weights_path = directory / "config.json", directory / "model.safetensors"

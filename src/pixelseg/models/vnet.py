@@ -22,7 +22,7 @@ prototxt uses fewer (1, 1, 2, 3, 3 down and 3, 2, 1, 1 up), available through ``
 after every convolution (as MONAI's and other ports do). Volumes are padded to a multiple of 16 in
 every dimension and the logits cropped back.
 
-Train it with ``pixelseg.metrics3d.vnet_dice_loss`` (the paper's Dice with squared terms in the
+Train it with ``pixelseg.losses.vnet_dice_loss`` (the paper's Dice with squared terms in the
 denominator); ``pixelseg.data.volumes`` reads ``.npy`` and multi-page ``.tif`` volumes.
 """
 

@@ -12,7 +12,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from ..cli import friendly  # PixelsegError -> one line on stderr, exit code 2
+    from . import friendly  # PixelsegError -> one line on stderr, exit code 2
 
     @app.command("instance-train")
     @friendly
@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="continue from out_dir/last.safetensors"),
     ) -> None:
         """Train Mask R-CNN from an instance config."""
-        from .train import train_from_config
+        from ..instance.train import train_from_config
 
         train_from_config(config, override, resume)
 
@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(None, help="metrics JSON (default MODEL_DIR/metrics_SPLIT.json)"),
     ) -> None:
         """COCO box and mask AP, AP50, AP75 (pycocotools)."""
-        from .evaluate import evaluate_from_args
+        from ..instance.evaluate import evaluate_from_args
 
         evaluate_from_args(model_dir, config, override, split, output)
 
@@ -49,6 +49,6 @@ def register(app: typer.Typer) -> None:
         score_threshold: float = typer.Option(0.5, help="keep instances scoring at least this"),
     ) -> None:
         """Per-instance masks as COCO JSON (RLE) plus colour overlays."""
-        from .predict import predict_from_args
+        from ..instance.predict import predict_from_args
 
         predict_from_args(model_dir, inputs, output_dir, score_threshold)

@@ -6,7 +6,7 @@ used, so masks do not compete between classes), reading its features through RoI
 the exact sub-pixel position of the box instead of RoIPool's rounding.
 
 Built on torchvision's detection machinery (RPN, box and mask heads, losses, transforms); the RoI
-feature extraction is :class:`~pixelseg.instance.roi_ops.MultiLevelRoIAlign`, our own RoIAlign
+feature extraction is :class:`~pixelseg.models.roi_ops.MultiLevelRoIAlign`, our own RoIAlign
 (``roi_align_impl="torchvision"`` switches to torchvision's kernel). Backbones:
 
 - ``"resnet50"``: ResNet-50-FPN as in the paper's strongest setting (FPN levels P2-P5 plus P6 for the
@@ -48,7 +48,7 @@ _MOBILENET_TAPS = [3, 6, 12, 16]
 
 
 def _load_backbone_weights(module: nn.Module, path: str) -> None:
-    from ..engine.checkpoint import load_state_dict
+    from ..io.checkpoint import load_state_dict
 
     state = load_state_dict(path)
     missing, _ = module.load_state_dict(state, strict=False)
@@ -175,7 +175,7 @@ def build_from_config(config: dict[str, Any]) -> MaskRCNN:
 
 def save_instance_model(model: MaskRCNN, directory: str | Path) -> Path:
     """Write ``config.json`` and ``model.safetensors`` atomically."""
-    from ..engine.checkpoint import atomic_write_bytes, save_state_dict_atomic
+    from ..io.checkpoint import atomic_write_bytes, save_state_dict_atomic
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -204,7 +204,7 @@ def find_instance_model(path: str | Path) -> Path | None:
 
 def load_instance_model(directory: str | Path) -> MaskRCNN:
     """Rebuild a model saved by :func:`save_instance_model`: config first, then weights. No pickle."""
-    from ..engine.checkpoint import load_state_dict
+    from ..io.checkpoint import load_state_dict
 
     directory = Path(directory)
     config_path, weights_path = directory / "config.json", directory / "model.safetensors"

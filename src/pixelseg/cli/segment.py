@@ -36,7 +36,7 @@ def read_scribbles(path: Path, shape: tuple[int, int]) -> np.ndarray:
     image where pure red marks the foreground and pure blue the background."""
     from PIL import Image
 
-    from .graphcut import BACKGROUND, FOREGROUND
+    from ..classical.graphcut import BACKGROUND, FOREGROUND
 
     if not path.is_file():
         raise PixelsegError("no such scribble file", path)
@@ -68,23 +68,23 @@ def parse_box(text: str) -> tuple[int, int, int, int]:
 def segment_image(image: np.ndarray, method: str, k: int | None, options: dict[str, Any]) -> np.ndarray:
     """The label map of one image by one method."""
     if method == "kmeans":
-        from .kmeans import kmeans_segments
+        from ..classical.kmeans import kmeans_segments
 
         return kmeans_segments(image, k or 100, spatial_weight=options["spatial_weight"],
                                merge_threshold=options["merge_threshold"], min_size=options["min_size"])
     if method == "slic":
-        from .kmeans import slic_segments
+        from ..classical.kmeans import slic_segments
 
         return slic_segments(image, k or 100)
     if method == "dpgmm":
-        from .clustering import dpgmm_segments
+        from ..classical.clustering import dpgmm_segments
 
         return dpgmm_segments(image, max_components=k or 20, spatial_weight=options["spatial_weight"])
     if method == "meanshift":
-        from .clustering import mean_shift_segments
+        from ..classical.clustering import mean_shift_segments
 
         return mean_shift_segments(image, spatial_weight=options["spatial_weight"])
-    from .graphcut import boykov_jolly, grabcut
+    from ..classical.graphcut import boykov_jolly, grabcut
 
     seeds, box = options.get("seeds"), options.get("box")
     if method == "graphcut":
@@ -148,7 +148,7 @@ def split_sweep(images: list[Path], ks: list[int]) -> tuple[list[Path], list[int
 
 def register(app: typer.Typer) -> None:
     """Add ``segment`` and ``kmeans`` to the ``pixelseg`` command."""
-    from ..cli import friendly  # PixelsegError -> one line on stderr, exit code 2
+    from . import friendly  # PixelsegError -> one line on stderr, exit code 2
 
     @app.command()
     @friendly

@@ -1,4 +1,4 @@
-"""Volumetric scores and V-Net's Dice loss (Milletari, Navab & Ahmadi, 3DV 2016, arXiv:1606.04797).
+"""Volumetric scores (as reported for V-Net: Milletari, Navab & Ahmadi, 3DV 2016, arXiv:1606.04797).
 
 Scores: per-class Dice ``2|P∩G| / (|P| + |G|)`` and IoU ``|P∩G| / |P∪G|`` counted over voxels. Medical
 segmentation reports them per volume and averages over volumes (``VolumeScores.compute()["mean_dice"]``);
@@ -6,9 +6,8 @@ the dataset-wide figures from one confusion matrix over all voxels (as ``pixelse
 come with them. A class absent from both prediction and ground truth of a volume has no score there (NaN,
 left out of the means). Everything works for any number of spatial dimensions.
 
-V-Net loss (Sec. 3): ``D = 2 Σ p_i g_i / (Σ p_i² + Σ g_i²)`` over the voxels ``i`` of a volume, with ``p``
-the softmax probability and ``g`` the binary ground truth of a class; the loss is ``1 − D`` averaged over
-classes (the paper: the foreground of a binary problem, ``include_background=False``) and volumes.
+
+V-Net's own Dice loss is ``pixelseg.losses.vnet_dice_loss``.
 """
 
 from __future__ import annotations
@@ -16,58 +15,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .losses import register_loss
-from .metrics import ConfusionMatrix
-
-
-def _one_hot(target: Tensor, num_classes: int, ignore_index: int | None) -> tuple[Tensor, Tensor]:
-    """One-hot ``(B, C, *spatial)`` float target and a ``(B, 1, *spatial)`` mask of the counted voxels."""
-    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
-    safe = torch.where(valid, target, torch.zeros_like(target)).long()
-    onehot = F.one_hot(safe, num_classes).movedim(-1, 1).float()
-    valid = valid.unsqueeze(1)
-    return onehot * valid, valid
-
-
-def vnet_dice_loss(logits: Tensor, target: Tensor, *, include_background: bool = True,
-                   ignore_index: int | None = None, batch: bool = False, eps: float = 1e-6) -> Tensor:
-    """V-Net's Dice loss on logits ``(B, C, *spatial)`` and integer targets ``(B, *spatial)``.
-
-    ``1 − 2 Σ p g / (Σ p² + Σ g² + eps)``: sums over the voxels of each volume (``batch=True``: over the
-    whole batch), then the mean over classes (from class 1 if not ``include_background``) and volumes.
-    Voxels labelled ``ignore_index`` count in neither sum.
-    """
-    num_classes = logits.shape[1]
-    probs = logits.float().softmax(1)
-    onehot, valid = _one_hot(target, num_classes, ignore_index)
-    probs = probs * valid
-    dims = tuple(range(2, probs.dim()))
-    if batch:
-        dims = (0, *dims)
-    intersection = (probs * onehot).sum(dims)
-    denominator = (probs * probs).sum(dims) + (onehot * onehot).sum(dims)
-    dice = 2 * intersection / (denominator + eps)
-    if not include_background:
-        dice = dice[..., 1:]
-    return 1 - dice.mean()
-
-
-@register_loss("vnet_dice")
-class VNetDiceLoss(nn.Module):
-    """``vnet_dice_loss`` as a module (``build_loss([{"name": "vnet_dice"}])`` once this module is loaded)."""
-
-    def __init__(self, include_background: bool = True, ignore_index: int | None = 255, batch: bool = False,
-                 eps: float = 1e-6) -> None:
-        super().__init__()
-        self.include_background, self.ignore_index = include_background, ignore_index
-        self.batch, self.eps = batch, eps
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return vnet_dice_loss(logits, target, include_background=self.include_background,
-                              ignore_index=self.ignore_index, batch=self.batch, eps=self.eps)
+from .confusion import ConfusionMatrix
 
 
 def dice_iou_per_class(prediction: Tensor, target: Tensor, num_classes: int,

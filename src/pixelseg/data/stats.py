@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from .errors import PixelsegError
+from ..errors import PixelsegError
 
 ENET_C = 1.02
 
@@ -89,7 +89,7 @@ def enet_weights(pixels: np.ndarray, c: float = ENET_C) -> np.ndarray:
 
 def dataset_stats(data_config: Any, split: str | None = None, limit: int | None = None) -> ClassStats:
     """Count the classes of a split (default: the training split) of the dataset a ``DataConfig`` names."""
-    from .data.build import build_eval_dataset, dataset_info
+    from .build import build_eval_dataset, dataset_info
 
     info = dataset_info(data_config)
     dataset = build_eval_dataset(data_config, info, split or data_config.train_split)
@@ -104,7 +104,7 @@ def dataset_stats(data_config: Any, split: str | None = None, limit: int | None 
 
 def _data_config(source: str, root: str | None, overrides: list[str]) -> Any:
     """A ``DataConfig`` from a YAML experiment config (its ``data:`` section) or a dataset name."""
-    from .engine.config import load_config
+    from ..engine.config import load_config
 
     path = Path(source)
     if path.suffix in (".yaml", ".yml") or path.is_file():
@@ -130,7 +130,7 @@ def format_table(stats: ClassStats) -> str:
 
 def register(app: Any) -> None:
     """Add ``pixelseg stats`` to the command line."""
-    from .cli import friendly
+    from ..cli import friendly
 
     @app.command()
     @friendly

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..errors import PixelsegError
 from ..models.base import main_logits
 from ..models.registry import from_pretrained
-from .evaluate import resolve_model_dir
+from ..engine.evaluate import resolve_model_dir
 from .tiling import has_valid_convolutions
 
 OPSET = 17

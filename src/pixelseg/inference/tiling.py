@@ -4,7 +4,7 @@
   networks: every output tile is predicted from a larger input tile that holds all of its context; at the
   image border the missing context is extrapolated by mirroring. Tiles start at multiples of the network's
   total stride, so every tile sees the same pooling grid as the whole image and the stitched result equals
-  whole-image inference (:func:`~pixelseg.engine.forward.forward_whole`).
+  whole-image inference (:func:`~pixelseg.inference.forward.forward_whole`).
 * **Sliding window** for same-padded networks: tiles of ``tile`` pixels overlapping by ``overlap``, run
   ``batch`` at a time, blended with a Gaussian (nnU-Net's sigma = tile/8) or cosine (Hann) window. With
   ``blend="exact"`` each pixel is taken from the one tile where it lies furthest from a tile edge; when

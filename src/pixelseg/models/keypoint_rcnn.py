@@ -7,7 +7,7 @@ location. The head is 8 conv 3x3 of 512 channels, a 2x deconvolution and a 2x bi
 reading 14 x 14 RoIAlign features.
 
 Built on torchvision's ``KeypointRCNN`` (its loss and post-processing) with the same backbones as
-:func:`pixelseg.instance.maskrcnn.build_mask_rcnn` and our :class:`MultiLevelRoIAlign`.
+:func:`pixelseg.models.mask_rcnn.build_mask_rcnn` and our :class:`MultiLevelRoIAlign`.
 :class:`SyntheticKeypoints` gives triangles whose three corners are the keypoints.
 """
 
@@ -23,8 +23,8 @@ from torchvision.models.detection import KeypointRCNN
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
 
 from ..errors import PixelsegError
-from .data import _image_tensor
-from .maskrcnn import PYRAMID_LEVELS, feature_pyramid, pyramid_anchors
+from ..data.instances import _image_tensor
+from .mask_rcnn import PYRAMID_LEVELS, feature_pyramid, pyramid_anchors
 from .roi_ops import MultiLevelRoIAlign
 
 

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import PixelsegError
+from ..errors import PixelsegError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="pixelseg: image segmentation on PyTorch.")
@@ -25,7 +25,7 @@ out = Console()
 err = Console(stderr=True)
 
 # Modules that add their own commands: each defines ``register(app: typer.Typer) -> None``.
-CLI_PLUGINS: list[str] = ["pixelseg.classical.cli", "pixelseg.instance.cli", "pixelseg.stats"]
+CLI_PLUGINS: list[str] = ["pixelseg.cli.segment", "pixelseg.cli.instance", "pixelseg.data.stats"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,16 +60,16 @@ def train(config: Annotated[Path, typer.Argument(help="YAML experiment config")]
           resume: Annotated[bool, typer.Option(help="continue from OUT_DIR/last.safetensors")] = False,
           quiet: bool = False) -> None:
     """Train a model from a YAML config."""
-    from .engine.config import apply_overrides, read_yaml
+    from ..engine.config import apply_overrides, read_yaml
 
     values = apply_overrides(read_yaml(config), list(set_ or []))
     if values.get("task") == "instance":
-        from .instance.train import train_from_config
+        from ..instance.train import train_from_config
 
         train_from_config(config, list(set_ or []), resume)
         return
-    from .engine.config import load_config
-    from .engine.train import train as run_training
+    from ..engine.config import load_config
+    from ..engine.train import train as run_training
 
     run_dir = run_training(load_config(config, list(set_ or [])), resume=resume, quiet=quiet)
     out.print(f"run directory: {run_dir}  (best model: {run_dir / 'best'}, log: {run_dir / 'log.csv'})")
@@ -98,17 +98,17 @@ def evaluate(model: Annotated[Path, typer.Argument(help="model directory or run 
              tta_flip: Annotated[bool, typer.Option(help="also average the left-right flipped image")] = False,
              device: str = "cpu") -> None:
     """Score a saved model on its dataset (PA, MPA, IoU/mIoU, fwIoU, Dice), optionally with TTA."""
-    from .instance.maskrcnn import find_instance_model
+    from ..models.mask_rcnn import find_instance_model
 
     instance_dir = find_instance_model(model)
     if instance_dir is not None:  # a Mask R-CNN: COCO box and mask AP instead of pixel scores
-        from .instance.evaluate import evaluate_from_args
+        from ..instance.evaluate import evaluate_from_args
 
         evaluate_from_args(instance_dir, split=split, output=out_json, data_root=data_root, device=device)
         return
-    from .engine.evaluate import evaluate as run_evaluation
-    from .engine.evaluate import write_report
-    from .engine.tta import parse_scales
+    from ..engine.evaluate import evaluate as run_evaluation
+    from ..engine.evaluate import write_report
+    from ..inference.tta import parse_scales
 
     overrides = {"root": data_root} if data_root else None
     scales = parse_scales(tta_scales) if tta_scales is not None else None
@@ -145,18 +145,18 @@ def predict(inputs: Annotated[Path, typer.Argument(help="an image or a folder of
             stream: Annotated[bool, typer.Option(help="read window by window, write <stem>.tif (tiled)")] = False,
             device: str = "cpu") -> None:
     """Write an index PNG and a colour overlay for every input image (under torchrun: this rank's share)."""
-    from .instance.maskrcnn import find_instance_model
+    from ..models.mask_rcnn import find_instance_model
 
     instance_dir = find_instance_model(model)
     if instance_dir is not None:  # a Mask R-CNN: per-instance COCO JSON (RLE) and overlays
-        from .instance.predict import predict_from_args
+        from ..instance.predict import predict_from_args
 
         predict_from_args(instance_dir, inputs, out_dir, device=device)
         return
-    from .classical.dense_crf import DenseCRFConfig
-    from .engine.predict import InferenceOptions, shard_from_env, total_failures
-    from .engine.predict import predict as run_prediction
-    from .engine.tta import parse_scales
+    from ..refiners.dense_crf import DenseCRFConfig
+    from ..engine.predict import InferenceOptions, shard_from_env, total_failures
+    from ..engine.predict import predict as run_prediction
+    from ..inference.tta import parse_scales
 
     options = InferenceOptions(backend=backend, optimize=optimize, compile=compile_, threads=threads, tile=tile,
                                overlap=overlap, tile_batch=tile_batch, blend=blend, stream=stream,
@@ -182,10 +182,10 @@ def predict(inputs: Annotated[Path, typer.Argument(help="an image or a folder of
 def export(model: Annotated[Path, typer.Argument(help="model directory or run directory")],
            out_file: Annotated[Path, typer.Option("--out", help="the file to write, e.g. model.onnx")],
            format_: Annotated[str, typer.Option("--format", help="'onnx'")] = "onnx",
-           opset: Annotated[int | None, typer.Option(help="ONNX opset (default: pixelseg.engine.export.OPSET)")]
+           opset: Annotated[int | None, typer.Option(help="ONNX opset (default: pixelseg.inference.export.OPSET)")]
            = None) -> None:
     """Export a saved model (dynamic batch, height, width), checked against PyTorch with ONNX Runtime."""
-    from .engine.export import OPSET, export_model_dir
+    from ..inference.export import OPSET, export_model_dir
 
     report = export_model_dir(model, out_file, format=format_, opset=opset or OPSET)
     diffs = ", ".join(f"{size}: {diff:.1e}" for size, diff in report.max_abs_diff.items())
@@ -198,7 +198,7 @@ def models(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the registered models: name, parameters (21 classes, RGB), paper."""
     import torch
 
-    from .models.registry import create_model, list_models, model_entry
+    from ..models.registry import create_model, list_models, model_entry
 
     rows = []
     for name in list_models():
@@ -225,7 +225,7 @@ def models(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 def demo(out_dir: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
          epochs: int = 24, samples: int = 384) -> None:
     """Train a small U-Net on the built-in Shapes set, evaluate it, write overlays."""
-    from .engine.demo import run_demo
+    from ..engine.demo import run_demo
 
     run_demo(out_dir, epochs=epochs, samples=samples, console=out)
 

@@ -1,7 +1,7 @@
 """Test-time augmentation: multi-scale and horizontal-flip averaging of logits, for any model.
 
 The image is resized by each scale (and, with ``flip``, also mirrored left-right), the model runs on
-every variant with :func:`~pixelseg.engine.forward.forward_whole` (so valid-convolution models still
+every variant with :func:`~pixelseg.inference.forward.forward_whole` (so valid-convolution models still
 cover the whole image), each logit map is flipped back and resized bilinearly to the input size, and
 the maps are averaged. This is the multi-scale inference of DeepLab v2/v3 (Chen et al., 2017,
 arXiv:1606.00915 §4 and arXiv:1706.05587 §4.3: "average the predictions" over scales {0.5, 0.75, 1,

@@ -1,0 +1,1 @@
+"""Post-processing that refines a semantic model's scores: the dense CRF and CRF-as-RNN."""
