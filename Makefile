@@ -20,6 +20,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/pixelseg demo --out runs/demo
 
 test: $(VENV)/.installed-dev
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -n 2 --durations=15
 
 lint: $(VENV)/.installed-dev

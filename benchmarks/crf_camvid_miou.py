@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from pixelseg.metrics import ConfusionMatrix
 from pixelseg.refiners.crf_as_rnn import WithCRFasRNN
 from pixelseg.refiners.dense_crf import DenseCRFConfig, dense_crf, unary_from_probabilities
-from pixelseg.metrics import ConfusionMatrix
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES, VOID = 11, 11

@@ -16,7 +16,7 @@ import torch
 import torchvision.ops as tv_ops
 from timing import median_seconds
 
-from pixelseg.models.roi_ops import roi_align, roi_pool
+from pixelseg.models.modules.roi_ops import roi_align, roi_pool
 
 
 def main() -> None:

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from pixelseg.refiners.dense_crf import DenseCRFConfig, unary_from_probabilities
-from pixelseg.data.build import dataset_info
+from pixelseg.data.build import build_data
 from pixelseg.data.transforms import normalize
 from pixelseg.engine.config import Config, DataConfig, ModelConfig
-from pixelseg.inference.forward import forward_whole
 from pixelseg.engine.train import build_model_for
+from pixelseg.inference.forward import forward_whole
+from pixelseg.refiners.dense_crf import DenseCRFConfig, unary_from_probabilities
 from tests.test_classical_dense_crf import pydensecrf_marginals
 
 
@@ -23,7 +23,7 @@ from tests.test_classical_dense_crf import pydensecrf_marginals
 def saved_model(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
     config = Config(model=ModelConfig(name="unet", kwargs={"padding": "same", "base_channels": 4, "depth": 2}),
                     data=DataConfig(name="shapes", val_samples=3, image_size=24))
-    model = build_model_for(config, dataset_info(config.data)).eval()
+    model = build_model_for(config, build_data(config.data).info).eval()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # noisy convolution kernels: a labelling that changes from pixel to pixel
         for parameter in model.parameters():
@@ -138,3 +138,53 @@ def test_bad_refine_crf_parameters_are_one_clear_line(saved_model: tuple[Path, t
     assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+def test_a_refiner_saved_with_the_model_is_applied_by_predict_and_evaluate(tmp_path: Path, image_file: Path) -> None:
+    """``model.refine: {name: crf, ...}`` travels in config.json; predict then refines without --refine, with
+    the saved parameters, exactly as ``--refine crf`` with the same parameters does."""
+    from pixelseg.cli import app
+    from pixelseg.engine.evaluate import evaluate
+    from pixelseg.models.pretrained import from_pretrained
+
+    config = Config(model=ModelConfig(name="unet", kwargs={"padding": "same", "base_channels": 4, "depth": 2},
+                                      refine={"name": "crf", "iterations": 2, "gaussian_compat": 0.0,
+                                              "bilateral_compat": 0.5}),
+                    data=DataConfig(name="shapes", val_samples=2, image_size=24))
+    model = build_model_for(config, build_data(config.data).info).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a noisy, unconfident labelling, as in the fixture above
+        for parameter in model.parameters():
+            if parameter.dim() == 4:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.3)
+        classifier = [module for module in model.modules() if isinstance(module, torch.nn.Conv2d)][-1]
+        classifier.weight.mul_(0.05)
+    model.save_pretrained(tmp_path / "crf_model")
+    assert from_pretrained(tmp_path / "crf_model").pixelseg_config["refine"]["iterations"] == 2
+    runner = CliRunner()
+    saved = runner.invoke(app, ["predict", str(image_file), "--model", str(tmp_path / "crf_model"),
+                                "--out", str(tmp_path / "saved")])
+    explicit = runner.invoke(app, ["predict", str(image_file), "--model", str(tmp_path / "crf_model"),
+                                   "--out", str(tmp_path / "explicit"), "--refine", "crf", "--crf-iterations", "2",
+                                   "--crf-gaussian-compat", "0", "--crf-bilateral-compat", "0.5"])
+    defaults = runner.invoke(app, ["predict", str(image_file), "--model", str(tmp_path / "crf_model"),
+                                   "--out", str(tmp_path / "defaults"), "--refine", "crf"])
+    assert saved.exit_code == explicit.exit_code == defaults.exit_code == 0, saved.output + explicit.output
+    labels = {name: np.array(Image.open(tmp_path / name / "scene.png")) for name in ("saved", "explicit", "defaults")}
+    assert (labels["saved"] == labels["explicit"]).all()
+    assert not (labels["saved"] == labels["defaults"]).all()  # the saved parameters, not the defaults
+    scores = evaluate(tmp_path / "crf_model")  # the saved CRF runs in evaluation too
+    assert 0.0 <= scores["mean_iou"] <= 1.0
+
+
+def test_a_bad_saved_refiner_is_one_line(tmp_path: Path) -> None:
+    from pixelseg.errors import PixelsegError
+    from pixelseg.tasks.semantic import saved_refiner
+
+    model = torch.nn.Identity()
+    model.pixelseg_config = {"refine": {"name": "crf", "iteration": 2}}
+    with pytest.raises(PixelsegError, match="model.refine: .*iteration"):
+        saved_refiner(model)
+    model.pixelseg_config = {"refine": {"name": "crfasrnn"}}
+    with pytest.raises(PixelsegError, match="model.refine must be a mapping with name one of crf"):
+        saved_refiner(model)

@@ -172,3 +172,19 @@ def test_elastic_deformation_moves_pixels_smoothly() -> None:
     displacement = (warped - ramp)[0, 8:-8, 8:-8]
     assert displacement.abs().mean() > 1.0  # it deforms
     assert (displacement[:, 1:] - displacement[:, :-1]).abs().max() < 3.0  # smoothly
+
+
+def test_rotate90_on_a_non_square_image_pads_the_mask_with_ignore_index() -> None:
+    # A quarter turn of a 12x8 image keeps its size, so two corner strips have no source pixels:
+    # they are padding, and must not become class 0 (background) in the mask.
+    transform = training_transform(AugmentConfig(hflip=False, rotate90=True), mean=(0.0,) * 3, std=(1.0,) * 3,
+                                   ignore_index=255)
+    image, mask = Image.new("RGB", (12, 8), (90, 90, 90)), np.ones((8, 12), dtype=np.int64)
+    padded = 0
+    for seed in range(12):
+        torch.manual_seed(seed)
+        pixels, target = transform(image, mask)
+        assert target.shape == (8, 12)
+        assert set(target.unique().tolist()) <= {1, 255}
+        padded += int((target == 255).any())
+    assert padded > 0  # some draws were quarter turns

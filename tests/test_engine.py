@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 import pixelseg
 from pixelseg import cli
 from pixelseg.engine import train as train_module
-from pixelseg.io.checkpoint import atomic_write_bytes, load_state_dict
 from pixelseg.engine.config import load_config
 from pixelseg.engine.evaluate import evaluate
 from pixelseg.engine.predict import predict
 from pixelseg.engine.train import poly_lr, train
 from pixelseg.errors import PixelsegError
+from pixelseg.io.checkpoint import atomic_write_bytes, load_state_dict
 
 TINY = {
     "model": {"name": "unet", "kwargs": {"padding": "same", "base_channels": 4, "depth": 2, "batch_norm": True}},
@@ -243,8 +243,8 @@ def test_scheduled_losses_follow_the_epoch_across_resume(tmp_path: Path) -> None
 
 
 def test_class_weights_computed_from_the_training_split(tmp_path: Path) -> None:
+    from pixelseg.data.build import dataset_stats
     from pixelseg.engine.train import loss_terms
-    from pixelseg.data.stats import dataset_stats
 
     config = load_config(write_config(tmp_path), ["loss=[{name: cross_entropy, params: {class_weights: enet}}]"])
     expected = dataset_stats(config.data).enet_weights()

@@ -11,13 +11,13 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from pixelseg.errors import PixelsegError
 from pixelseg.data.instances import (
     CocoInstances,
     InstanceMaskFolder,
     SyntheticInstances,
     polygon_self_intersects,
 )
+from pixelseg.errors import PixelsegError
 
 
 def test_synthetic_instances_are_deterministic_per_seed_and_split():

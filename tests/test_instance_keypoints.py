@@ -6,9 +6,11 @@ import numpy as np
 import torch
 from torchvision.models.detection import keypointrcnn_resnet50_fpn
 
+import pixelseg
 from pixelseg.data.instances import collate_detection
-from pixelseg.models.keypoint_rcnn import SyntheticKeypoints, build_keypoint_rcnn
-from pixelseg.models.roi_ops import MultiLevelRoIAlign
+from pixelseg.data.keypoints import SyntheticKeypoints
+from pixelseg.models.keypoint_rcnn import build_keypoint_rcnn
+from pixelseg.models.modules.roi_ops import MultiLevelRoIAlign
 
 
 def test_keypoint_rcnn_resnet50_fpn_matches_torchvision_parameter_count():
@@ -18,6 +20,22 @@ def test_keypoint_rcnn_resnet50_fpn_matches_torchvision_parameter_count():
     count = sum(p.numel() for p in ours.parameters())
     assert count == sum(p.numel() for p in reference.parameters())
     assert isinstance(ours.roi_heads.keypoint_roi_pool, MultiLevelRoIAlign)
+    with torch.device("meta"):
+        registered = pixelseg.create_model("keypoint_rcnn", num_classes=2, num_keypoints=17)
+    assert sum(p.numel() for p in registered.parameters()) == count
+
+
+def test_registered_keypoint_rcnn_saves_and_loads_like_every_model(tmp_path):
+    torch.manual_seed(0)
+    model = pixelseg.create_model("keypoint_rcnn", num_classes=2, num_keypoints=3, backbone="mobilenet_v3_large",
+                                  width_mult=0.35, fpn_channels=16, keypoint_head_channels=8,
+                                  keypoint_head_layers=2, min_size=64, max_size=64,
+                                  keypoint_names=["top", "left", "right"])
+    model.save_pretrained(tmp_path)
+    reloaded = pixelseg.from_pretrained(tmp_path)
+    assert reloaded.keypoint_names == ["top", "left", "right"]
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor)
 
 
 def test_synthetic_keypoints_are_ordered_triangle_corners_inside_their_boxes():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,11 @@ import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.ops import MultiScaleRoIAlign
 
-from pixelseg.errors import PixelsegError
+import pixelseg
 from pixelseg.data.instances import SyntheticInstances, collate_detection
-from pixelseg.models.mask_rcnn import build_mask_rcnn, load_instance_model, save_instance_model
-from pixelseg.models.roi_ops import MultiLevelRoIAlign
+from pixelseg.errors import PixelsegError
+from pixelseg.models.mask_rcnn import build_mask_rcnn
+from pixelseg.models.modules.roi_ops import MultiLevelRoIAlign
 
 TINY = dict(backbone="mobilenet_v3_large", width_mult=0.35, fpn_channels=16, representation_size=32,
             mask_head_channels=8, min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128],
@@ -76,11 +78,13 @@ def test_mask_rcnn_losses_decrease_over_a_few_steps_on_synthetic_data():
 
 def test_saved_model_reloads_with_identical_detections_and_either_roi_align(tmp_path: Path):
     torch.manual_seed(1)
-    model = build_mask_rcnn(4, box_score_thresh=0.0, **TINY).eval()
+    model = pixelseg.create_model("mask_rcnn", num_classes=4, class_names=["background", "a", "b", "c"],
+                                  box_score_thresh=0.0, **TINY).eval()
     image = SyntheticInstances(1, size=64)[0][0]
-    save_instance_model(model, tmp_path / "model")
+    model.save_pretrained(tmp_path / "model")
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
-    reloaded = load_instance_model(tmp_path / "model").eval()
+    reloaded = pixelseg.from_pretrained(tmp_path).eval()  # a run folder: its model/ is used
+    assert reloaded.class_names == ["background", "a", "b", "c"]
     with torch.no_grad():
         expected = model([image])[0]
         again = reloaded([image])[0]
@@ -98,5 +102,34 @@ def test_bad_model_arguments_and_directories(tmp_path: Path):
         build_mask_rcnn(3, backbone="vgg")
     with pytest.raises(PixelsegError, match="at least 2"):
         build_mask_rcnn(1)
-    with pytest.raises(PixelsegError, match="config.json: not a saved instance model"):
-        load_instance_model(tmp_path)
+    with pytest.raises(PixelsegError, match="no saved model here"):
+        pixelseg.from_pretrained(tmp_path)
+    with pytest.raises(PixelsegError, match="3 class names for 4 classes"):
+        pixelseg.create_model("mask_rcnn", num_classes=4, class_names=["background", "a", "b"], **TINY)
+    with pytest.raises(PixelsegError, match="in_channels=3"):
+        pixelseg.create_model("mask_rcnn", num_classes=4, in_channels=1, **TINY)
+
+
+def test_folders_saved_by_the_old_instance_trainer_still_load(tmp_path: Path):
+    from pixelseg.io.checkpoint import save_state_dict_atomic
+
+    torch.manual_seed(2)
+    model = build_mask_rcnn(3, **TINY).eval()
+    save_state_dict_atomic(model.state_dict(), tmp_path / "model.safetensors")
+    old_config = {"task": "instance", "name": "mask_rcnn", "num_classes": 3,
+                  "class_names": ["background", "cat", "dog"], "kwargs": dict(TINY), "category_ids": [0, 17, 18]}
+    (tmp_path / "config.json").write_text(json.dumps(old_config))
+    reloaded = pixelseg.from_pretrained(tmp_path).eval()
+    assert reloaded.class_names == ["background", "cat", "dog"]
+    assert reloaded.pixelseg_config["task"] == "instance"
+    assert reloaded.pixelseg_config["category_ids"] == [0, 17, 18]
+    assert reloaded.pixelseg_config["kwargs"]["class_names"] == ["background", "cat", "dog"]
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor)
+
+
+def test_mask_rcnn_is_listed_with_its_parameter_count_on_the_meta_device():
+    assert "mask_rcnn" in pixelseg.list_models() and "keypoint_rcnn" in pixelseg.list_models()
+    with torch.device("meta"):
+        model = pixelseg.create_model("mask_rcnn", num_classes=91)
+    assert count(model) == 44_454_513

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision.ops as tv_ops
 
-from pixelseg.models.roi_ops import RoIAlign, RoIPool, roi_align, roi_pool
+from pixelseg.models.modules.roi_ops import RoIAlign, RoIPool, roi_align, roi_pool
 
 
 def random_case(seed: int, batch: int = 2, channels: int = 3, height: int = 13, width: int = 17,

@@ -6,7 +6,7 @@ import torch
 from helpers import parameter_count
 from torch import nn
 
-from pixelseg.models.context import (
+from pixelseg.models.modules.context import (
     AtrousSpatialPyramidPooling,
     ClassifierHead,
     DepthwiseSeparableConv,

@@ -14,7 +14,7 @@ from torch import nn
 import pixelseg
 from pixelseg.errors import PixelsegError
 from pixelseg.models.base import SegmentationOutput
-from pixelseg.models.context import DepthwiseSeparableConv
+from pixelseg.models.modules.context import DepthwiseSeparableConv
 
 # timm's tiny ResNet (one BasicBlock per stage, 0.5M parameters) keeps the shape and training tests fast
 # on a shared 2-core CPU; the structure tests build the papers' backbones on the meta device.
@@ -63,16 +63,16 @@ def test_deeplabv1_largefov_has_20_5m_parameters_like_table_2_of_the_paper() -> 
 
 def test_deeplabv1_keeps_stride_8_with_pool4_pool5_at_stride_1_and_atrous_fc6() -> None:
     model = pixelseg.create_model("deeplabv1", num_classes=3).eval()
-    pools = [m for m in model.backbone.modules() if isinstance(m, nn.MaxPool2d)]
+    pools = [m for m in model.encoder.modules() if isinstance(m, nn.MaxPool2d)]
     assert [p.stride for p in pools] == [2, 2, 2, 1, 1]
-    conv5 = [m for m in model.backbone.blocks[4] if isinstance(m, nn.Conv2d)]
+    conv5 = [m for m in model.encoder.stages[4].modules() if isinstance(m, nn.Conv2d)]
     assert all(conv.dilation == (2, 2) for conv in conv5)
     fc6 = model.fc6[0]
     assert fc6.kernel_size == (3, 3) and fc6.dilation == (12, 12) and fc6.out_channels == 1024
     assert model.fc7[0].kernel_size == (1, 1) and model.fc7[0].out_channels == 1024
     with torch.no_grad():
         # Caffe's rounding, as in the paper's nets: 8k + 1 pixels give k + 1 outputs (321 -> 41)
-        assert model.backbone(torch.randn(1, 3, 65, 97)).shape == (1, 512, 9, 13)
+        assert model.encoder(torch.randn(1, 3, 65, 97))[-1].pooled.shape == (1, 512, 9, 13)
 
 
 @pytest.mark.parametrize("name,kwargs", [("deeplabv1", {"fc_channels": 16}), ("deeplabv2", SMALL)])
@@ -95,7 +95,7 @@ def test_refiner_post_processes_logits_in_eval_mode_only(name: str, kwargs: dict
 
 
 def test_deeplabv1_dense_crf_refiner_snaps_noisy_scores_to_the_image_regions() -> None:
-    from pixelseg.models.deeplab_v1 import IMAGENET_MEAN, IMAGENET_STD, DenseCRFRefiner
+    from pixelseg.refiners.dense_crf import IMAGENET_MEAN, IMAGENET_STD, DenseCRFRefiner
 
     height, width = 40, 48
     truth = torch.zeros(height, width, dtype=torch.long)
@@ -125,7 +125,7 @@ def test_deeplabv1_decimates_vgg16_fc_layers_from_a_local_weights_file(tmp_path:
     save_file(reference.state_dict(), tmp_path / "vgg16.safetensors")
     model = pixelseg.create_model("deeplabv1", num_classes=2,
                                   encoder_weights=str(tmp_path / "vgg16.safetensors"))
-    assert torch.equal(model.backbone.blocks[4][4].weight, reference.features[28].weight)
+    assert torch.equal(model.encoder.stages[4][2][0].weight, reference.features[28].weight)
     fc1 = reference.pre_logits.fc1.weight  # (4096, 512, 7, 7): every 4th filter, taps 0, 3, 6
     assert torch.equal(model.fc6[0].weight[5, :, 1, 2], fc1[20, :, 3, 6])
     assert torch.equal(model.fc7[0].weight[7, 3], reference.pre_logits.fc2.weight[28, 12])

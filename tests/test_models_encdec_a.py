@@ -12,7 +12,7 @@ from torch import nn
 import pixelseg
 from pixelseg.errors import PixelsegError
 from pixelseg.models.base import SegmentationOutput
-from pixelseg.models.upsampling import UPSAMPLING_KINDS, MaxUnpoolUpsample
+from pixelseg.models.modules.upsampling import UPSAMPLING_KINDS, MaxUnpoolUpsample
 
 # Small widths for shape, save/load and training tests (the defaults are the papers' networks).
 SMALL: dict[str, dict] = {
@@ -343,7 +343,7 @@ def shapes_training_losses(model: nn.Module, *, samples: int = 2, size: int = 32
     """Adam steps on a fixed batch of the built-in Shapes set (RGB, 4 classes) with the trainer's loss
     (cross entropy on the main logits plus the weighted auxiliary heads); the loss after each step."""
     from pixelseg.data.shapes import Shapes
-    from pixelseg.engine.train import compute_loss
+    from pixelseg.tasks.semantic import segmentation_loss as compute_loss
 
     shapes = Shapes(samples, size=size)
     pairs = [shapes.load(index) for index in range(samples)]

@@ -12,7 +12,12 @@ from torch import nn
 
 import pixelseg
 from pixelseg.models.gridnet import ResidualUnit, SubsamplingUnit, TotalDropout, UpsamplingUnit
-from pixelseg.models.upsampling import BilinearUpsample, NearestUpsample, TransposedConvUpsample, Upsample
+from pixelseg.models.modules.upsampling import (
+    BilinearUpsample,
+    NearestUpsample,
+    TransposedConvUpsample,
+    Upsample,
+)
 
 # Small configurations for the generic behaviour tests (CPU, 2 cores shared).
 SMALL = {

@@ -11,7 +11,7 @@ from helpers import losses_over_steps, parameter_count
 import pixelseg
 from pixelseg.models.base import SegmentationOutput
 from pixelseg.models.danet import ChannelAttention, PositionAttention
-from pixelseg.models.hrnet import HRNetBackbone
+from pixelseg.models.encoders.hrnet import HRNetBackbone
 
 TIMM_CLASSIFICATION_HEAD = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
 

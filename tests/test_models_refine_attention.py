@@ -162,3 +162,28 @@ def test_hmsa_default_trunk_is_hrnetv2_w48() -> None:
         model = pixelseg.create_model("hmsa", num_classes=19)
     assert model.trunk.pixelseg_config["name"] == "hrnetv2_w48"
     assert model.inference_scales == [0.5, 1.0, 2.0]
+
+
+def test_tta_asks_a_model_that_fuses_scales_itself_through_its_hook_not_its_class() -> None:
+    from pixelseg.inference.tta import tta_logits
+
+    class FusesScales(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[tuple[float, ...]] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("the hook, not forward, must be used for several scales")
+
+        def multi_scale_logits(self, images: torch.Tensor, scales) -> torch.Tensor:
+            self.seen.append(tuple(scales))
+            return images[:, :2] * len(scales)
+
+    model = FusesScales()
+    images = torch.randn(1, 3, 8, 10)
+    assert torch.equal(tta_logits(model, images, scales=(0.5, 1.0)), images[:, :2] * 2)
+    assert model.seen == [(0.5, 1.0)]
+    hmsa = pixelseg.create_model("hmsa", num_classes=3, inference_scales=[1.0], **SMALL_TRUNK).eval()
+    with torch.no_grad():
+        x = torch.randn(1, 3, 32, 32)
+        assert torch.equal(hmsa.multi_scale_logits(x, (0.5, 1.0)), hmsa.compose(x, (0.5, 1.0)))

@@ -35,7 +35,7 @@ def test_fcn8s_has_134m_parameters_like_the_paper() -> None:
 @pytest.mark.parametrize("name", ["fcn32s", "fcn16s", "fcn8s"])
 def test_fcn_fc6_fc7_are_convolutions_and_output_matches_any_input_size(name: str) -> None:
     model = pixelseg.create_model(name, num_classes=5).eval()
-    assert model.backbone.fc6[0].kernel_size == (7, 7) and model.backbone.fc7[0].kernel_size == (1, 1)
+    assert model.fc6[0].kernel_size == (7, 7) and model.fc7[0].kernel_size == (1, 1)
     with torch.no_grad():
         for size in [(37, 53), (64, 96)]:
             assert model(torch.randn(1, 3, *size)).shape == (1, 5, *size)
@@ -87,8 +87,8 @@ def test_fcn_loads_vgg16_weights_with_fc6_fc7_from_a_local_file(tmp_path) -> Non
     reference = timm.create_model("vgg16")
     save_file(reference.state_dict(), tmp_path / "vgg16.safetensors")
     model = pixelseg.create_model("fcn32s", num_classes=2, encoder_weights=str(tmp_path / "vgg16.safetensors"))
-    assert torch.equal(model.backbone.fc6[0].weight, reference.pre_logits.fc1.weight)
-    assert torch.equal(model.backbone.blocks[4][4].weight, reference.features[28].weight)
+    assert torch.equal(model.fc6[0].weight, reference.pre_logits.fc1.weight)
+    assert torch.equal(model.encoder.stages[4][2][0].weight, reference.features[28].weight)
 
 
 def test_unknown_model_name_suggests_the_closest() -> None:

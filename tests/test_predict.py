@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 import pixelseg
 from pixelseg import cli
 from pixelseg.data.transforms import normalize, to_chw_uint8
-from pixelseg.inference.forward import forward_whole
-from pixelseg.engine.predict import InferenceOptions, build_runner, logits_function, predict
-from pixelseg.inference.tta import tta_logits
+from pixelseg.engine.predict import predict
 from pixelseg.errors import PixelsegError
+from pixelseg.inference.forward import forward_whole
+from pixelseg.inference.runner import InferenceOptions, build_runner, logits_function
+from pixelseg.inference.tta import tta_logits
 
 PALETTE = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
 

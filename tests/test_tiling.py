@@ -11,6 +11,7 @@ from PIL import Image
 from torch import nn
 
 import pixelseg
+from pixelseg.errors import PixelsegError
 from pixelseg.inference.forward import forward_whole
 from pixelseg.inference.tiling import (
     blend_window,
@@ -22,7 +23,6 @@ from pixelseg.inference.tiling import (
     valid_geometry,
     window_spans,
 )
-from pixelseg.errors import PixelsegError
 
 
 def small_valid_unet(in_channels: int = 1) -> nn.Module:

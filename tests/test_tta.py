@@ -14,12 +14,12 @@ from torch import nn
 from typer.testing import CliRunner
 
 from pixelseg import create_model
-from pixelseg.data.build import build_eval_dataset, dataset_info
+from pixelseg.data.build import build_data, build_eval_dataset
 from pixelseg.engine.config import Config, DataConfig, ModelConfig
-from pixelseg.inference.forward import forward_whole
 from pixelseg.engine.train import build_model_for
-from pixelseg.inference.tta import TestTimeAugmented, parse_scales, tta_logits
 from pixelseg.errors import PixelsegError
+from pixelseg.inference.forward import forward_whole
+from pixelseg.inference.tta import TestTimeAugmented, parse_scales, tta_logits
 
 
 def small_net(num_classes: int = 3) -> nn.Module:
@@ -101,7 +101,7 @@ def test_evaluate_command_scores_with_tta(tmp_path: Path) -> None:
 
     config = Config(model=ModelConfig(name="unet", kwargs={"padding": "same", "base_channels": 4, "depth": 2}),
                     data=DataConfig(name="shapes", val_samples=3, image_size=24))
-    info = dataset_info(config.data)
+    info = build_data(config.data).info
     model = build_model_for(config, info).eval()
     model.save_pretrained(tmp_path / "model")
     report = tmp_path / "scores.json"

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pixelseg.errors import PixelsegError
-from pixelseg.models.upsampling import UPSAMPLING_KINDS, make_upsample, transposed_overlap_counts
+from pixelseg.models.modules.upsampling import UPSAMPLING_KINDS, make_upsample, transposed_overlap_counts
 
 X = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 1, 2, 2)
 

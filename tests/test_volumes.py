@@ -391,7 +391,7 @@ def test_pixelseg_train_trains_vnet_on_volumes_then_evaluates_and_predicts(tmp_p
     ({"split_typo": None}, None),
 ])
 def test_volume_configs_refuse_options_of_the_other_dimensionality(tmp_path, data, message) -> None:
-    from pixelseg.data.build import build_datasets, dataset_info
+    from pixelseg.data.build import build_data
 
     if message is None:
         with pytest.raises(TypeError):
@@ -399,7 +399,7 @@ def test_volume_configs_refuse_options_of_the_other_dimensionality(tmp_path, dat
         return
     config = _volume_config(tmp_path, **data)
     with pytest.raises(PixelsegError, match=message):
-        build_datasets(config.data, dataset_info(config.data))
+        build_data(config.data)
 
 
 def test_predict_refuses_2d_only_options_for_volumetric_models(tmp_path) -> None:

@@ -30,8 +30,8 @@ import torch
 
 import pixelseg
 from pixelseg.data.volumes import isbi2012_volume, normalize_volume
-from pixelseg.metrics import ConfusionMatrix
 from pixelseg.losses import vnet_dice_loss
+from pixelseg.metrics import ConfusionMatrix
 from pixelseg.metrics.volume import VolumeScores
 
 ROOT = Path(__file__).resolve().parents[2]

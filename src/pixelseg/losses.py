@@ -1,6 +1,8 @@
-"""Segmentation losses. ``build_loss`` makes a (weighted sum of) loss(es) from config.
+"""Every pixelseg loss, 2D and 3D, in one place; ``build_loss`` makes a (weighted sum of) loss(es) from
+config by the names in ``LOSSES``.
 
-Every loss takes logits ``(B, C, H, W)`` and integer targets ``(B, H, W)`` and respects ``ignore_index``:
+Every loss takes logits ``(B, C, *spatial)`` (images ``(B, C, H, W)`` or volumes ``(B, C, D, H, W)``) and
+integer targets ``(B, *spatial)`` and respects ``ignore_index``:
 ignored pixels add nothing to any sum and are not counted in any mean. With one channel (``C == 1``)
 a loss is binary: the channel is the logit of the foreground (target 1) under a sigmoid; with
 ``C > 1`` the classes compete under a softmax.
@@ -10,6 +12,7 @@ a loss is binary: the channel is the logit of the foreground (target 1) under a 
 ``bce``                   binary CE (one-vs-rest per class when ``C > 1``)
 ``focal``                 Lin et al. (2017), softmax or sigmoid, ``gamma`` and ``alpha``
 ``dice``                  soft Dice (standard or V-Net form), optionally generalized (Sudre et al.)
+``vnet_dice``             V-Net's Dice (Milletari et al., 2016) as in the paper: per volume, no smoothing
 ``jaccard``               soft IoU
 ``tversky``               Salehi et al. (2017)
 ``lovasz_softmax``        Berman et al. (2018), per image or per batch
@@ -209,7 +212,7 @@ class _OverlapLoss(nn.Module):
     """
 
     def __init__(self, smooth: float = 1.0, per_image: bool = False, include_background: bool = True,
-                 eps: float = 1e-7, ignore_index: int = 255) -> None:
+                 eps: float = 1e-7, ignore_index: int | None = 255) -> None:
         super().__init__()
         self.smooth, self.per_image, self.include_background = smooth, per_image, include_background
         self.eps = eps
@@ -241,7 +244,7 @@ class DiceLoss(_OverlapLoss):
 
     def __init__(self, smooth: float = 1.0, form: Literal["standard", "vnet"] = "standard",
                  generalized: bool = False, per_image: bool = False, include_background: bool = True,
-                 eps: float = 1e-7, ignore_index: int = 255) -> None:
+                 eps: float = 1e-7, ignore_index: int | None = 255) -> None:
         super().__init__(smooth, per_image, include_background, eps, ignore_index)
         if form not in ("standard", "vnet"):
             raise ValueError(f"form must be 'standard' or 'vnet', not {form!r}")
@@ -260,6 +263,29 @@ class DiceLoss(_OverlapLoss):
         weights = torch.where(infinite, torch.zeros_like(weights), weights)
         weights = torch.where(infinite, weights.amax(-1, keepdim=True), weights)
         return self._ratio(2 * (weights * intersection).sum(-1), (weights * denominator).sum(-1))
+
+
+@register_loss("vnet_dice")
+class VNetDiceLoss(DiceLoss):
+    """V-Net's Dice loss as in the paper: ``1 − 2 Σ p g / max(Σ p² + Σ g², eps)`` with no smoothing.
+
+    ``DiceLoss(form="vnet", smooth=0)`` with the paper's defaults: the sums run over the voxels of each
+    volume (``batch=True``: over the whole batch), then the mean over classes (from class 1 if not
+    ``include_background``) and volumes. Voxels labelled ``ignore_index`` count in neither sum. Works for
+    logits ``(B, C, *spatial)`` with any number of spatial dimensions.
+    """
+
+    def __init__(self, include_background: bool = True, ignore_index: int | None = 255, batch: bool = False,
+                 eps: float = 1e-6) -> None:
+        super().__init__(smooth=0.0, form="vnet", per_image=not batch, include_background=include_background,
+                         eps=eps, ignore_index=ignore_index)
+        self.batch = batch
+
+
+def vnet_dice_loss(logits: Tensor, target: Tensor, *, include_background: bool = True,
+                   ignore_index: int | None = None, batch: bool = False, eps: float = 1e-6) -> Tensor:
+    """:class:`VNetDiceLoss` as a function (by default with no ignored label)."""
+    return VNetDiceLoss(include_background, ignore_index, batch, eps)(logits, target)
 
 
 @register_loss("jaccard")
@@ -493,54 +519,3 @@ def build_loss(terms: Sequence[dict[str, Any]], ignore_index: int = 255) -> nn.M
     if len(built) == 1 and built[0][1] == 1.0:
         return built[0][0]
     return WeightedSum([module for module, _ in built], [weight for _, weight in built])
-
-
-# ---- V-Net's Dice loss (Milletari, Navab & Ahmadi, 3DV 2016, arXiv:1606.04797, Sec. 3) -----------------
-# D = 2 Σ p_i g_i / (Σ p_i² + Σ g_i²) over the voxels of a volume (p: softmax probability, g: the binary
-# ground truth of a class); the loss is 1 − D averaged over classes and volumes.
-
-def _one_hot(target: Tensor, num_classes: int, ignore_index: int | None) -> tuple[Tensor, Tensor]:
-    """One-hot ``(B, C, *spatial)`` float target and a ``(B, 1, *spatial)`` mask of the counted voxels."""
-    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
-    safe = torch.where(valid, target, torch.zeros_like(target)).long()
-    onehot = F.one_hot(safe, num_classes).movedim(-1, 1).float()
-    valid = valid.unsqueeze(1)
-    return onehot * valid, valid
-
-
-def vnet_dice_loss(logits: Tensor, target: Tensor, *, include_background: bool = True,
-                   ignore_index: int | None = None, batch: bool = False, eps: float = 1e-6) -> Tensor:
-    """V-Net's Dice loss on logits ``(B, C, *spatial)`` and integer targets ``(B, *spatial)``.
-
-    ``1 − 2 Σ p g / (Σ p² + Σ g² + eps)``: sums over the voxels of each volume (``batch=True``: over the
-    whole batch), then the mean over classes (from class 1 if not ``include_background``) and volumes.
-    Voxels labelled ``ignore_index`` count in neither sum.
-    """
-    num_classes = logits.shape[1]
-    probs = logits.float().softmax(1)
-    onehot, valid = _one_hot(target, num_classes, ignore_index)
-    probs = probs * valid
-    dims = tuple(range(2, probs.dim()))
-    if batch:
-        dims = (0, *dims)
-    intersection = (probs * onehot).sum(dims)
-    denominator = (probs * probs).sum(dims) + (onehot * onehot).sum(dims)
-    dice = 2 * intersection / (denominator + eps)
-    if not include_background:
-        dice = dice[..., 1:]
-    return 1 - dice.mean()
-
-
-@register_loss("vnet_dice")
-class VNetDiceLoss(nn.Module):
-    """``vnet_dice_loss`` as a module (``build_loss([{"name": "vnet_dice"}])`` once this module is loaded)."""
-
-    def __init__(self, include_background: bool = True, ignore_index: int | None = 255, batch: bool = False,
-                 eps: float = 1e-6) -> None:
-        super().__init__()
-        self.include_background, self.ignore_index = include_background, ignore_index
-        self.batch, self.eps = batch, eps
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return vnet_dice_loss(logits, target, include_background=self.include_background,
-                              ignore_index=self.ignore_index, batch=self.batch, eps=self.eps)

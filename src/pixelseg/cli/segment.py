@@ -15,20 +15,9 @@ import numpy as np
 import typer
 
 from ..errors import PixelsegError, closest
+from ..io.images import read_rgb
 
 METHODS = ("kmeans", "slic", "dpgmm", "meanshift", "graphcut", "grabcut")
-
-
-def read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise PixelsegError("no such image file", path)
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise PixelsegError(f"cannot be read as an image ({error})", path) from None
 
 
 def read_scribbles(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -123,7 +112,7 @@ def run_segment(images: list[Path], method: str, out_dir: Path, ks: list[int], o
     sweep: list[int | None] = list(ks) if ks and method in ("kmeans", "slic", "dpgmm") else [None]
     written: list[Path] = []
     for path in images:
-        image = read_image(path)
+        image = read_rgb(path)
         per_image = dict(options)
         if options.get("scribbles") is not None:
             per_image["seeds"] = read_scribbles(options["scribbles"], image.shape[:2])
@@ -148,7 +137,7 @@ def split_sweep(images: list[Path], ks: list[int]) -> tuple[list[Path], list[int
 
 def register(app: typer.Typer) -> None:
     """Add ``segment`` and ``kmeans`` to the ``pixelseg`` command."""
-    from . import friendly  # PixelsegError -> one line on stderr, exit code 2
+    from .base import friendly  # PixelsegError -> one line on stderr, exit code 2
 
     @app.command()
     @friendly

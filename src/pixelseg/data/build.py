@@ -1,24 +1,50 @@
-"""Build the training and validation datasets named by a ``DataConfig``."""
+"""Build the data of any task from a ``DataConfig``: each split once, plus what the model needs to know.
+
+``data.name`` picks the dataset and so the kind of task: semantic (2D label maps), volumetric (3D label
+volumes) or instance (torchvision detection targets, batched by :func:`collate_detection`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from torch.utils.data import ConcatDataset, Dataset
 
-from .config import DataConfig
 from ..errors import PixelsegError, closest
+from ..io.render import default_palette
 from .camvid import CamVid
-from .folder import SegmentationFolder, default_palette
+from .config import DataConfig
+from .folder import SegmentationFolder
+from .instances import (
+    CocoInstances,
+    InstanceMaskFolder,
+    RandomFlipInstances,
+    SyntheticInstances,
+    collate_detection,
+)
 from .isbi import ISBI2012
 from .shapes import Shapes
-from .transforms import AugmentConfig, default_normalization, evaluation_transform, training_transform
+from .stats import ClassStats, count_dataset_classes
+from .transforms import default_normalization, evaluation_transform, training_transform
 from .volumes import ISBI2012Volume, RandomVolumePatch, SyntheticVolumes, VolumeFolder
 
+Kind = Literal["semantic", "volumetric", "instance"]
+
+SEMANTIC_DATASETS = ("shapes", "folder", "camvid", "isbi2012")
 VOLUME_DATASETS = ("volumes", "synthetic_volumes", "isbi2012_volume")
-DATASET_NAMES = ("shapes", "folder", "camvid", "isbi2012", *VOLUME_DATASETS)
+INSTANCE_DATASETS = ("synthetic_instances", "coco_instances", "instance_folder")
+DATASET_NAMES = (*SEMANTIC_DATASETS, *VOLUME_DATASETS, *INSTANCE_DATASETS)
 SYNTHETIC_VOLUME_SPLITS = {"train": 0, "val": 1, "test": 2}
+# Options of one kind of data that the others cannot honour: refused rather than ignored.
+_ONLY_FOR = {
+    "semantic": ("crop_size", "scale_range", "color_jitter", "elastic_sigma"),
+    "volumetric": ("patch_size", "dflip"),
+    "instance": ("train_annotations", "val_annotations", "images_subdir", "masks_subdir"),
+}
+_DESCRIBED = {"semantic": "2D images", "volumetric": "volumes", "instance": "instance data"}
 
 
 @dataclass
@@ -33,11 +59,102 @@ class DatasetInfo:
     mean: list[float]
     std: list[float]
     spatial_dims: int = 2  # 3 for volumes (B, C, D, H, W)
+    category_ids: list[int] | None = None  # instance data: the source's category id of each label
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+
+@dataclass
+class DataBundle:
+    """The datasets of one experiment, built once: ``train`` (augmented, repeated ``data.repeats``
+    times) and ``val`` with their transforms applied, ``collate`` for a ``DataLoader`` (``None``: the
+    default), and ``kind`` of task the data is for."""
+
+    info: DatasetInfo
+    train: Dataset
+    val: Dataset
+    collate: Callable[[list[Any]], Any] | None
+    kind: Kind
+    train_once: Dataset = field(repr=False)  # the training set without repeats
+
+    def class_stats(self, limit: int | None = None) -> ClassStats:
+        """Class pixel counts of the training split's raw masks (before augmentation), the first
+        ``limit`` samples only if given; for ``class_weights: median_frequency | enet``."""
+        if self.kind == "instance":
+            raise PixelsegError("class statistics count label maps; instance data has none "
+                                "(class_weights apply to semantic and volumetric tasks)")
+        return count_dataset_classes(self.train_once, self.info.classes, self.info.ignore_index, limit)
+
+
+def task_of_dataset(name: str) -> Kind:
+    """The task a dataset name is for (``semantic``, ``volumetric`` or ``instance``)."""
+    if name in SEMANTIC_DATASETS:
+        return "semantic"
+    if name in VOLUME_DATASETS:
+        return "volumetric"
+    if name in INSTANCE_DATASETS:
+        return "instance"
+    raise PixelsegError(f"unknown dataset '{name}'{closest(name, DATASET_NAMES)}")
+
+
+def build_data(config: DataConfig) -> DataBundle:
+    """The training and validation sets a ``DataConfig`` names, and what the model needs to know."""
+    kind = task_of_dataset(config.name)
+    _check_options(config, kind)
+    if kind == "instance":
+        train = _make_instances(config, config.train_split, train=True)
+        val = _make_instances(config, config.val_split, train=False)
+        info = _instance_info(config, train, val)
+        if config.hflip:
+            train = RandomFlipInstances(train)
+    elif kind == "volumetric":
+        # Volumes come z-scored by their dataset; training takes random patches, validation whole volumes.
+        train = _make_volumes(config, config.train_split, True, RandomVolumePatch(
+            config.patch_size, hflip=config.hflip, vflip=config.vflip, rotate90=config.rotate90,
+            dflip=config.dflip, ignore_index=config.ignore_index))
+        val = _make_volumes(config, config.val_split, False, None)
+        info = _volume_info(config, val)
+    else:
+        image_mode, mean, std = _normalization(config)
+        train = _make_images(config, config.train_split, True,
+                             training_transform(config.augment(), mean, std, config.ignore_index))
+        val = _make_images(config, config.val_split, False, evaluation_transform(mean, std))
+        info = DatasetInfo(classes=list(val.classes), palette=[list(c) for c in val.palette],
+                           in_channels=len(image_mode), image_mode=image_mode,
+                           ignore_index=config.ignore_index, mean=mean, std=std)
+    repeated = ConcatDataset([train] * config.repeats) if config.repeats > 1 else train
+    return DataBundle(info=info, train=repeated, val=val, train_once=train, kind=kind,
+                      collate=collate_detection if kind == "instance" else None)
+
+
+def collate_for(config: DataConfig) -> Callable[[list[Any]], Any] | None:
+    """The ``DataLoader`` collate function of the data a config names (``None``: PyTorch's default)."""
+    return collate_detection if task_of_dataset(config.name) == "instance" else None
+
+
+def build_eval_dataset(config: DataConfig, info: DatasetInfo, split: str) -> Dataset:
+    """One split, unaugmented, for evaluation or statistics (``info`` from :func:`build_data`)."""
+    kind = task_of_dataset(config.name)
+    train = split == config.train_split
+    if kind == "instance":
+        return _make_instances(config, split, train=train)
+    if kind == "volumetric":
+        return _make_volumes(config, split, train, None)
+    return _make_images(config, split, train, evaluation_transform(info.mean, info.std))
+
+
+def dataset_stats(data_config: DataConfig, split: str | None = None, limit: int | None = None) -> ClassStats:
+    """Count the classes of a split (default: the training split) of the dataset a ``DataConfig`` names."""
+    bundle = build_data(data_config)
+    if split is None or split == data_config.train_split:
+        return bundle.class_stats(limit)
+    dataset = build_eval_dataset(data_config, bundle.info, split)
+    return count_dataset_classes(dataset, bundle.info.classes, bundle.info.ignore_index, limit)
+
+
+# ---- checks and normalisation --------------------------------------------------------------------------
 
 def _require(config: DataConfig, *names: str) -> None:
     for name in names:
@@ -45,7 +162,34 @@ def _require(config: DataConfig, *names: str) -> None:
             raise PixelsegError(f"data.{name} must be set for data.name '{config.name}'")
 
 
-def _make(config: DataConfig, split: str, train: bool, transform) -> Dataset:
+def _check_options(config: DataConfig, kind: Kind) -> None:
+    """Options for another kind of data are refused rather than ignored."""
+    if config.repeats < 1:
+        raise PixelsegError(f"data.repeats must be at least 1, got {config.repeats}")
+    for other, keys in _ONLY_FOR.items():
+        if other == kind:
+            continue
+        for key in keys:
+            if getattr(config, key):
+                raise PixelsegError(f"data.{key} applies to {_DESCRIBED[other]}, not to the "
+                                    f"{_DESCRIBED[kind]} of '{config.name}'")
+    if kind == "instance":
+        for key in ("vflip", "rotate90"):
+            if getattr(config, key):
+                raise PixelsegError(f"data.{key} is not supported for the instance data of '{config.name}' "
+                                    "(hflip is)")
+
+
+def _normalization(config: DataConfig) -> tuple[str, list[float], list[float]]:
+    """The image mode of a 2D dataset and the mean and std its images are normalised with."""
+    image_mode = {"isbi2012": "L", "shapes": "RGB", "camvid": "RGB"}.get(config.name, config.image_mode)
+    mean, std = default_normalization(len(image_mode))
+    return image_mode, list(config.mean or mean), list(config.std or std)
+
+
+# ---- semantic (2D) -------------------------------------------------------------------------------------
+
+def _make_images(config: DataConfig, split: str, train: bool, transform: Callable | None) -> Dataset:
     if config.name == "shapes":
         count = config.num_samples if train else config.val_samples
         return Shapes(count, size=config.image_size, split=split, seed=config.seed,
@@ -56,21 +200,19 @@ def _make(config: DataConfig, split: str, train: bool, transform) -> Dataset:
     if config.name == "isbi2012":
         _require(config, "root")
         return ISBI2012(config.root, split, transform=transform, ignore_index=config.ignore_index)
-    if config.name == "folder":
-        images, masks = ("train_images", "train_masks") if train else ("val_images", "val_masks")
-        _require(config, images, masks)
-        if config.classes is None:
-            raise PixelsegError("data.classes must list the class names for data.name 'folder'")
-        return SegmentationFolder(Path(getattr(config, images)), Path(getattr(config, masks)),
-                                  classes=config.classes, palette=config.palette,
-                                  ignore_index=config.ignore_index, image_mode=config.image_mode,
-                                  transform=transform)
-    if config.name in VOLUME_DATASETS:
-        return _make_volumes(config, split, train, transform)
-    raise PixelsegError(f"unknown dataset '{config.name}'{closest(config.name, DATASET_NAMES)}")
+    images, masks = ("train_images", "train_masks") if train else ("val_images", "val_masks")
+    _require(config, images, masks)
+    if config.classes is None:
+        raise PixelsegError("data.classes must list the class names for data.name 'folder'")
+    return SegmentationFolder(Path(getattr(config, images)), Path(getattr(config, masks)),
+                              classes=config.classes, palette=config.palette,
+                              ignore_index=config.ignore_index, image_mode=config.image_mode,
+                              transform=transform)
 
 
-def _make_volumes(config: DataConfig, split: str, train: bool, transform) -> Dataset:
+# ---- volumetric (3D) -----------------------------------------------------------------------------------
+
+def _make_volumes(config: DataConfig, split: str, train: bool, transform: Callable | None) -> Dataset:
     if config.name == "synthetic_volumes":
         if split not in SYNTHETIC_VOLUME_SPLITS:
             raise PixelsegError(f"synthetic_volumes has the splits {', '.join(SYNTHETIC_VOLUME_SPLITS)}, "
@@ -89,61 +231,48 @@ def _make_volumes(config: DataConfig, split: str, train: bool, transform) -> Dat
                         palette=config.palette, transform=transform, ignore_index=config.ignore_index)
 
 
-def _check_augmentation(config: DataConfig) -> None:
-    """2D-only options on volumes and 3D-only ones on images are refused rather than ignored."""
-    if config.name in VOLUME_DATASETS:
-        for key in ("crop_size", "scale_range", "color_jitter", "elastic_sigma"):
-            if getattr(config, key):
-                raise PixelsegError(f"data.{key} applies to 2D images, not to the volumes of '{config.name}' "
-                                    "(volumes take patch_size, hflip, vflip, rotate90, dflip)")
-    else:
-        for key in ("patch_size", "dflip"):
-            if getattr(config, key):
-                raise PixelsegError(f"data.{key} applies to volumes, not to the 2D images of '{config.name}'")
+def _volume_info(config: DataConfig, val: Dataset) -> DatasetInfo:
+    channels = int(getattr(val, "in_channels", 0) or val.load(0)[0].shape[0])
+    palette = getattr(val, "palette", None) or default_palette(len(val.classes))
+    return DatasetInfo(classes=list(val.classes), palette=[list(c) for c in palette], in_channels=channels,
+                       image_mode="L" if channels == 1 else "volume", ignore_index=config.ignore_index,
+                       mean=[0.0] * channels, std=[1.0] * channels, spatial_dims=3)
 
 
-def dataset_info(config: DataConfig) -> DatasetInfo:
-    probe = _make(config, config.val_split if config.name != "shapes" else "val", False, None)
-    if config.name in VOLUME_DATASETS:
-        channels = int(probe[0][0].shape[0])
-        palette = getattr(probe, "palette", None) or default_palette(len(probe.classes))
-        return DatasetInfo(classes=list(probe.classes), palette=[list(c) for c in palette], in_channels=channels,
-                           image_mode="L" if channels == 1 else "volume", ignore_index=config.ignore_index,
-                           mean=[0.0] * channels, std=[1.0] * channels, spatial_dims=3)
-    image_mode = {"isbi2012": "L", "shapes": "RGB", "camvid": "RGB"}.get(config.name, config.image_mode)
-    in_channels = len(image_mode)
-    mean, std = default_normalization(in_channels)
-    palette = [list(c) for c in probe.palette]
-    return DatasetInfo(classes=list(probe.classes), palette=palette, in_channels=in_channels,
-                       image_mode=image_mode, ignore_index=config.ignore_index,
-                       mean=config.mean or mean, std=config.std or std)
+# ---- instance ------------------------------------------------------------------------------------------
+
+def _make_instances(config: DataConfig, split: str, *, train: bool) -> Dataset:
+    if config.name == "synthetic_instances":
+        if split not in ("train", "val", "test"):
+            raise PixelsegError(f"synthetic_instances has the splits train, val, test, not '{split}'")
+        count = config.num_samples if train else config.val_samples
+        return SyntheticInstances(count, size=config.image_size, seed=config.seed, split=split)
+    if config.name == "coco_instances":
+        annotations, images = ("train_annotations", "train_images") if train else ("val_annotations",
+                                                                                    "val_images")
+        _require(config, annotations, images)
+        return CocoInstances(getattr(config, annotations), getattr(config, images))
+    _require(config, "root")
+    if split not in ("train", "val", "all"):
+        raise PixelsegError(f"instance_folder has the splits train, val, all, not '{split}'")
+    if config.classes is not None and len(config.classes) != 2:
+        raise PixelsegError(f"data.classes of 'instance_folder' names two classes, background first, "
+                            f"not {config.classes}")
+    class_name = config.classes[1] if config.classes else "pedestrian"
+    return InstanceMaskFolder(config.root, images_dir=config.images_subdir or "PNGImages",
+                              masks_dir=config.masks_subdir or "PedMasks", class_name=class_name,
+                              split=split, val_count=config.val_count)
 
 
-def build_datasets(config: DataConfig, info: DatasetInfo, *, val_split: str | None = None
-                   ) -> tuple[Dataset, Dataset]:
-    _check_augmentation(config)
-    if config.repeats < 1:
-        raise PixelsegError(f"data.repeats must be at least 1, got {config.repeats}")
-    if info.spatial_dims == 3:
-        # Volumes come z-scored by their dataset; training takes random patches, validation whole volumes.
-        train = _make(config, config.train_split, True, RandomVolumePatch(
-            config.patch_size, hflip=config.hflip, vflip=config.vflip, rotate90=config.rotate90,
-            dflip=config.dflip, ignore_index=config.ignore_index))
-        val = _make(config, val_split or config.val_split, False, None)
-        return (ConcatDataset([train] * config.repeats) if config.repeats > 1 else train), val
-    augment = AugmentConfig(
-        crop_size=config.crop_size,
-        scale_range=tuple(config.scale_range) if config.scale_range else None,
-        hflip=config.hflip, vflip=config.vflip, rotate90=config.rotate90,
-        color_jitter=config.color_jitter, elastic_sigma=config.elastic_sigma)
-    train = _make(config, config.train_split, True,
-                  training_transform(augment, info.mean, info.std, config.ignore_index))
-    if config.repeats > 1:
-        train = ConcatDataset([train] * config.repeats)
-    val = _make(config, val_split or config.val_split, False, evaluation_transform(info.mean, info.std))
-    return train, val
-
-
-def build_eval_dataset(config: DataConfig, info: DatasetInfo, split: str) -> Dataset:
-    transform = None if info.spatial_dims == 3 else evaluation_transform(info.mean, info.std)
-    return _make(config, split, split == config.train_split, transform)
+def _instance_info(config: DataConfig, train: Dataset, val: Dataset) -> DatasetInfo:
+    """Labels are defined by the training set; the validation set must use the same categories."""
+    if (val.class_names, val.category_ids) != (train.class_names, train.category_ids):
+        raise PixelsegError(f"data.name '{config.name}': the validation categories {val.class_names[1:]} "
+                            f"differ from the training categories {train.class_names[1:]}")
+    classes = list(train.class_names)
+    palette = [list(c) for c in config.palette] if config.palette else \
+        [list(c) for c in default_palette(len(classes))]
+    # Images come as [0, 1] tensors; detection models normalise them themselves.
+    return DatasetInfo(classes=classes, palette=palette, in_channels=3, image_mode="RGB",
+                       ignore_index=config.ignore_index, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],
+                       category_ids=list(train.category_ids))

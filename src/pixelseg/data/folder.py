@@ -12,41 +12,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import PixelsegError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-Palette = Sequence[Sequence[int]]
-
-
-def list_images(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        raise PixelsegError("directory not found", directory)
-    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def read_image(path: Path, mode: str) -> Image.Image:
-    """Open and fully decode an image (so that truncated files fail here, with their name)."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert(mode) if image.mode != mode else image.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise PixelsegError(f"unreadable image ({err})", path) from None
+from ..io.images import list_images, read_image
+from ..io.render import Palette, default_palette
 
 
 def decode_mask(path: Path, palette: Palette | None, ignore_index: int) -> np.ndarray:
     """Read a mask as an int64 array of class indices (colour masks through the palette)."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            array = np.asarray(image.convert("RGB") if mode in ("RGB", "RGBA") else image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise PixelsegError(f"unreadable mask ({err})", path) from None
+    image = read_image(path, None, what="mask")
+    array = np.asarray(image.convert("RGB") if image.mode in ("RGB", "RGBA") else image)
     if array.ndim == 2:
         return array.astype(np.int64)
     if palette is None:
@@ -119,18 +96,3 @@ class SegmentationFolder(Dataset):
         if self.transform is not None:
             return self.transform(image, mask)
         return image, mask
-
-
-def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
-    """The PASCAL VOC colour map (bit-interleaved), distinct colours for any number of classes."""
-    palette = []
-    for index in range(num_classes):
-        r = g = b = 0
-        label = index
-        for shift in range(7, -1, -1):
-            r |= ((label >> 0) & 1) << shift
-            g |= ((label >> 1) & 1) << shift
-            b |= ((label >> 2) & 1) << shift
-            label >>= 3
-        palette.append((r, g, b))
-    return palette

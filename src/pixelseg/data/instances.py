@@ -21,26 +21,24 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import PixelsegError
+from ..io.images import (
+    IMAGE_SUFFIXES,  # noqa: F401 (old name, see below)
+    image_size,
+    image_to_tensor,
+    list_images,
+    read_image,
+    read_rgb,
+)
 
 Target = dict[str, Tensor]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-
-def _image_tensor(array: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float().div_(255.0)
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as err:
-        raise PixelsegError(f"cannot read image ({err})", path) from None
+# Old names, still imported from here by instance/predict.py (IMAGE_SUFFIXES too) and
+# models/keypoint_rcnn.py until they import pixelseg.io.images; remove with them.
+_image_tensor, _read_rgb = image_to_tensor, read_rgb
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
@@ -152,7 +150,7 @@ class SyntheticInstances(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(index)
         image, masks, labels = render_instances(self.base_seed + index, self.size, self.max_objects)
-        return _image_tensor(image), make_target(masks, labels, index)
+        return image_to_tensor(image), make_target(masks, labels, index)
 
 
 # ---- Penn-Fudan layout: PNGImages/ + PedMasks/ -----------------------------------------------------
@@ -178,7 +176,7 @@ class InstanceMaskFolder(Dataset):
         self.class_names = ["background", class_name]
         self.category_ids = [0, 1]
         self.pairs: list[tuple[Path, Path]] = []
-        for image_path in sorted(p for p in image_root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        for image_path in list_images(image_root):
             candidates = [mask_root / f"{image_path.stem}_mask.png", mask_root / f"{image_path.stem}.png"]
             mask_path = next((c for c in candidates if c.is_file()), None)
             if mask_path is None:
@@ -201,15 +199,13 @@ class InstanceMaskFolder(Dataset):
 
     def image_info(self, index: int) -> dict[str, Any]:
         image_path, _ = self.pairs[index]
-        with Image.open(image_path) as image:
-            width, height = image.size
+        width, height = image_size(image_path)
         return {"id": index, "file_name": image_path.name, "height": height, "width": width}
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         image_path, mask_path = self.pairs[index]
-        image = _read_rgb(image_path)
-        with Image.open(mask_path) as handle:
-            ids = np.asarray(handle)
+        image = read_rgb(image_path)
+        ids = np.asarray(read_image(mask_path, None, what="instance mask"))
         if ids.ndim != 2:
             raise PixelsegError(f"instance mask must be single-channel (0 = background, 1..N = instances), "
                                 f"got shape {ids.shape}", mask_path)
@@ -219,7 +215,7 @@ class InstanceMaskFolder(Dataset):
         instance_ids = [value for value in np.unique(ids) if value != 0]
         masks = np.stack([ids == value for value in instance_ids]) if instance_ids else \
             np.zeros((0, *ids.shape), dtype=bool)
-        return _image_tensor(image), make_target(masks, np.ones(len(instance_ids), dtype=np.int64), index)
+        return image_to_tensor(image), make_target(masks, np.ones(len(instance_ids), dtype=np.int64), index)
 
 
 # ---- COCO JSON --------------------------------------------------------------------------------------
@@ -380,7 +376,7 @@ class CocoInstances(Dataset):
         path = self.image_dir / info["file_name"]
         if not path.is_file():
             raise PixelsegError(f"image {info['id']} listed in {self.annotation_file.name} is missing", path)
-        image = _read_rgb(path)
+        image = read_rgb(path)
         if image.shape[:2] != (info["height"], info["width"]):
             raise PixelsegError(f"image is {image.shape[1]}x{image.shape[0]} but {self.annotation_file.name} "
                                 f"says {info['width']}x{info['height']}", path)
@@ -389,7 +385,41 @@ class CocoInstances(Dataset):
             np.zeros((0, info["height"], info["width"]), dtype=bool)
         labels = np.asarray([self._label_of[int(r["category_id"])] for r in records], dtype=np.int64)
         crowd = np.asarray([int(r.get("iscrowd", 0)) for r in records], dtype=np.int64)
-        return _image_tensor(image), make_target(masks, labels, info["id"], crowd)
+        return image_to_tensor(image), make_target(masks, labels, info["id"], crowd)
+
+
+def horizontal_flip(image: Tensor, target: Target) -> tuple[Tensor, Target]:
+    """Mirror an image and its instances (masks and boxes) left to right."""
+    width = image.shape[-1]
+    flipped = dict(target)
+    flipped["masks"] = target["masks"].flip(-1)
+    boxes = target["boxes"].clone()
+    boxes[:, 0], boxes[:, 2] = width - target["boxes"][:, 2], width - target["boxes"][:, 0]
+    flipped["boxes"] = boxes
+    return image.flip(-1), flipped
+
+
+class RandomFlipInstances(Dataset):
+    """Training augmentation of an instance dataset: each image and its instances flipped left to right
+    with probability ½ (Mask R-CNN's only augmentation). The draw uses PyTorch's global generator, so a
+    seeded run — and a resumed one — replays the same flips. Other attributes come from ``dataset``."""
+
+    def __init__(self, dataset: Dataset, p: float = 0.5) -> None:
+        self.dataset, self.p = dataset, p
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("dataset", "p"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        image, target = self.dataset[index]
+        if torch.rand(()) < self.p:
+            return horizontal_flip(image, target)
+        return image, target
 
 
 def collate_detection(batch: list[tuple[Tensor, Target]]) -> tuple[list[Tensor], list[Target]]:

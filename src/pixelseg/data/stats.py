@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-import typer
 
 from ..errors import PixelsegError
 
@@ -87,33 +85,17 @@ def enet_weights(pixels: np.ndarray, c: float = ENET_C) -> np.ndarray:
     return 1.0 / np.log(c + share)
 
 
-def dataset_stats(data_config: Any, split: str | None = None, limit: int | None = None) -> ClassStats:
-    """Count the classes of a split (default: the training split) of the dataset a ``DataConfig`` names."""
-    from .build import build_eval_dataset, dataset_info
-
-    info = dataset_info(data_config)
-    dataset = build_eval_dataset(data_config, info, split or data_config.train_split)
+def count_dataset_classes(dataset: Any, classes: list[str], ignore_index: int | None,
+                          limit: int | None = None) -> ClassStats:
+    """Count the classes of a dataset's raw masks (``dataset.load(i)[1]``, before any transform), the
+    first ``limit`` samples only if given."""
     count = len(dataset) if limit is None else min(limit, len(dataset))
     masks = (dataset.load(index)[1] for index in range(count))
     try:
-        pixels, image_pixels, images = count_classes(masks, info.num_classes, info.ignore_index)
+        pixels, image_pixels, images = count_classes(masks, len(classes), ignore_index)
     except ValueError as err:
-        raise PixelsegError(f"dataset '{data_config.name}': {err}") from None
-    return ClassStats(list(info.classes), pixels, image_pixels, images)
-
-
-def _data_config(source: str, root: str | None, overrides: list[str]) -> Any:
-    """A ``DataConfig`` from a YAML experiment config (its ``data:`` section) or a dataset name."""
-    from ..engine.config import load_config
-
-    path = Path(source)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        config = load_config(path, overrides).data
-    else:
-        config = load_config(None, [f"data.name={source}", *overrides]).data
-    if root is not None:
-        config.root = root
-    return config
+        raise PixelsegError(f"counting classes: {err}") from None
+    return ClassStats(list(classes), pixels, image_pixels, images)
 
 
 def format_table(stats: ClassStats) -> str:
@@ -126,29 +108,3 @@ def format_table(stats: ClassStats) -> str:
     lines.append(f"median_frequency: {json.dumps([round(float(w), 6) for w in median])}")
     lines.append(f"enet: {json.dumps([round(float(w), 6) for w in enet])}")
     return "\n".join(lines)
-
-
-def register(app: Any) -> None:
-    """Add ``pixelseg stats`` to the command line."""
-    from ..cli import friendly
-
-    @app.command()
-    @friendly
-    def stats(source: Annotated[str, typer.Argument(help="a YAML experiment config or a dataset name "
-                                                         "(shapes, camvid, isbi2012)")],
-              root: Annotated[str | None, typer.Option(help="dataset root (camvid, isbi2012)")] = None,
-              split: Annotated[str | None, typer.Option(help="split to count (default: training)")] = None,
-              limit: Annotated[int | None, typer.Option(help="count only the first N images")] = None,
-              set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key")] = None,
-              as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
-        """Class frequencies and the median-frequency and ENet class weights of a dataset."""
-        counted = dataset_stats(_data_config(source, root, list(set_ or [])), split, limit)
-        if as_json:
-            print(json.dumps({
-                "images": counted.images, "classes": counted.classes,
-                "pixels": counted.pixels.tolist(), "frequency": counted.frequency.tolist(),
-                "median_frequency": counted.median_frequency_weights().tolist(),
-                "enet": counted.enet_weights().tolist()}))
-        else:
-            print(format_table(counted))
-

@@ -10,7 +10,6 @@ per-pixel field.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+
+from .config import AugmentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,19 +61,6 @@ class ElasticDeformation(v2.Transform):
         if is_mask:
             warped = torch.where(warped == 0, float(self.ignore_index) + 1, warped) - 1
         return tv_tensors.wrap(warped.reshape(data.shape).to(data.dtype), like=inpt)
-
-
-@dataclass
-class AugmentConfig:
-    """Training-time augmentation; every field off by default except what is stated."""
-
-    crop_size: int | None = None
-    scale_range: tuple[float, float] | None = None
-    hflip: bool = True
-    vflip: bool = False
-    rotate90: bool = False
-    color_jitter: float = 0.0
-    elastic_sigma: float = 0.0
 
 
 class JointTransform:
@@ -129,7 +117,9 @@ def training_transform(config: AugmentConfig, mean: Sequence[float], std: Sequen
     if config.vflip:
         steps.append(v2.RandomVerticalFlip())
     if config.rotate90:
-        steps.append(v2.RandomChoice([v2.RandomRotation((angle, angle)) for angle in (0, 90, 180, 270)]))
+        # On a non-square image a quarter turn leaves corners uncovered: they are padding, ignore_index.
+        turns = [v2.RandomRotation((angle, angle), fill=fill) for angle in (0, 90, 180, 270)]
+        steps.append(v2.RandomChoice(turns))
     if config.color_jitter > 0:
         jitter = config.color_jitter
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))

@@ -1,5 +1,5 @@
-"""3D volumes for volumetric models (V-Net): a folder reader for ``.npy`` and multi-page ``.tif`` stacks,
-a deterministic synthetic set, and the ISBI 2012 stack as one EM volume.
+"""3D volumes for volumetric models (V-Net): a folder of ``.npy`` and multi-page ``.tif`` stacks (read by
+:mod:`pixelseg.io.volumes`), a deterministic synthetic set, and the ISBI 2012 stack as one EM volume.
 
 A sample is ``(image, label)`` with ``image`` a float32 tensor ``(C, D, H, W)`` and ``label`` an int64
 tensor ``(D, H, W)``. Image files hold ``(D, H, W)`` (one channel) or ``(D, H, W, C)`` arrays (a
@@ -19,40 +19,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import PixelsegError
+from ..io.images import read_image
+from ..io.render import default_palette
+from ..io.volumes import VOLUME_SUFFIXES, list_volume_files, read_volume
 
-VOLUME_SUFFIXES = (".npy", ".tif", ".tiff")
 VolumeTransform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-
-
-def list_volume_files(directory: Path) -> list[Path]:
-    """The volume files (``.npy``, ``.tif``, ``.tiff``) of ``directory``, sorted."""
-    if not directory.is_dir():
-        raise PixelsegError("volume folder not found", directory)
-    return sorted(p for p in directory.iterdir() if p.suffix.lower() in VOLUME_SUFFIXES and p.is_file())
-
-
-def read_volume(path: str | Path) -> np.ndarray:
-    """Read a ``.npy`` array (never unpickled) or a multi-page ``.tif``/``.tiff`` stack."""
-    path = Path(path)
-    if not path.is_file():
-        raise PixelsegError("volume file not found", path)
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if suffix in (".tif", ".tiff"):
-            try:
-                import tifffile
-            except ImportError:
-                raise PixelsegError("reading .tif volumes needs tifffile (pip install 'pixelseg[io]')",
-                                    path) from None
-            return np.asarray(tifffile.imread(path))
-    except PixelsegError:
-        raise
-    except Exception as err:  # numpy and tifffile raise many types for corrupt files
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise PixelsegError(f"cannot read volume ({first_line})", path) from None
-    raise PixelsegError(f"unsupported volume format '{suffix}' (use {', '.join(VOLUME_SUFFIXES)})", path)
 
 
 def image_volume(array: np.ndarray, path: str | Path) -> np.ndarray:
@@ -97,8 +68,6 @@ class VolumeFolder(Dataset):
                  normalize: bool = True, transform: VolumeTransform | None = None,
                  ignore_index: int = 255, classes: Sequence[str] | None = None,
                  palette: Sequence[Sequence[int]] | None = None) -> None:
-        from .folder import default_palette
-
         self.classes = list(classes) if classes is not None else None
         if classes is not None:
             num_classes = len(classes)
@@ -181,10 +150,14 @@ class SyntheticVolumes(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw sample, before ``transform``: image ``(1, D, H, W)`` and label ``(D, H, W)``."""
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
-        image, label = render_volume(self.seed * 1_000_003 + index, self.size, noise=self.noise)
+        return render_volume(self.seed * 1_000_003 + index, self.size, noise=self.noise)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, label = self.load(index)
         sample = torch.from_numpy(image), torch.from_numpy(label)
         return self.transform(*sample) if self.transform is not None else sample
 
@@ -193,8 +166,6 @@ def isbi2012_volume(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """The 30 ISBI 2012 slices (``root/image/<i>.png``, ``root/label/<i>.png``) stacked in section order
     into one serial-section EM volume: image ``(30, 512, 512)`` uint8, label ``(30, 512, 512)`` with
     0 = membrane, 1 = cell interior."""
-    from PIL import Image
-
     root = Path(root)
     images, labels = [], []
     for index in range(30):
@@ -202,8 +173,8 @@ def isbi2012_volume(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
         for path in (image_path, label_path):
             if not path.is_file():
                 raise PixelsegError("ISBI 2012 slice not found", path)
-        images.append(np.asarray(Image.open(image_path).convert("L")))
-        labels.append((np.asarray(Image.open(label_path).convert("L")) > 127).astype(np.int64))
+        images.append(np.asarray(read_image(image_path, "L")))
+        labels.append((np.asarray(read_image(label_path, "L", what="label")) > 127).astype(np.int64))
     return np.stack(images), np.stack(labels)
 
 
@@ -236,10 +207,15 @@ class ISBI2012Volume(Dataset):
     def __len__(self) -> int:
         return 1
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The split's volume before ``transform``: image ``(1, D, H, W)`` z-scored, label ``(D, H, W)``."""
         if index != 0:
             raise IndexError(index)
-        sample = torch.from_numpy(self.image), torch.from_numpy(self.label)
+        return self.image, self.label
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, label = self.load(index)
+        sample = torch.from_numpy(image), torch.from_numpy(label)
         return self.transform(*sample) if self.transform is not None else sample
 
 

@@ -1,29 +1,31 @@
-"""Typed experiment configuration, loaded from YAML and overridden with ``--set key=value``.
+"""One typed experiment configuration for every task, loaded from YAML once and overridden with
+``--set key=value``.
 
-A config is nested dataclasses; an unknown key, at any depth, is refused with the closest valid key
-named, and values are checked against the field types. ``pixelseg train CONFIG.yaml --set
-optim.lr=0.01 --set model.name=fcn8s`` overrides after loading.
+Sections: ``task`` (``semantic``, ``volumetric`` or ``instance``; inferred from ``data.name`` when left
+out), ``model`` (``pixelseg.models.config.ModelConfig``), ``data`` (``pixelseg.data.config.DataConfig``),
+``loss``, ``optim`` and ``train``. An unknown key, at any depth, is refused naming the closest valid one
+(``pixelseg.io.config``). ``pixelseg train CONFIG.yaml --set optim.lr=0.01 --set model.name=fcn8s``.
+
+Instance configs written for pixelseg 0.1 (``data.kind``, ``train.lr``, ``model.backbone``) are still
+read: :func:`upgrade_legacy_instance_config` rewrites them into these sections (deprecated; see
+``configs/instance/`` for the current form).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.build import task_of_dataset
 from ..data.config import DataConfig
 from ..errors import PixelsegError
 from ..io.config import apply_overrides, build_typed, read_yaml
+from ..models.config import ModelConfig
 
-
-@dataclass
-class ModelConfig:
-    name: str = "unet"
-    in_channels: int | None = None  # None: from the dataset
-    encoder: str | None = None
-    encoder_weights: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
+TASKS = ("semantic", "volumetric", "instance")
 
 
 @dataclass
@@ -39,42 +41,59 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
-    poly_power: float = 0.9  # lr = base_lr * (1 - step / total_steps) ** poly_power
+    schedule: str = "poly"  # poly: lr·(1 − step/total)^poly_power; step: ×0.1 at 75 % and 90 % (Mask R-CNN)
+    poly_power: float = 0.9
     warmup_steps: int = 0
+    grad_clip: float | None = None  # clip the gradients' global norm to this
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    steps: int | None = None  # total optimizer steps; replaces epochs when set
     seed: int = 0
     out_dir: str = "runs/experiment"
     device: str = "cpu"
     threads: int | None = None
-    val_every: int = 1
-    monitor: str = "mean_iou"  # metric that picks the best checkpoint
+    val_every: int = 1  # validate every this many epochs ...
+    val_every_steps: int | None = None  # ... or every this many steps
+    checkpoint_every_steps: int | None = None  # a resumable checkpoint also inside epochs
+    log_every: int = 20  # steps between progress lines (quiet runs print nothing)
+    monitor: str | None = None  # the validation score that picks best/ (default: the task's)
     max_steps_per_epoch: int | None = None
+    precise_bn_batches: int | None = None  # instance: recompute BatchNorm statistics before validating [50]
 
 
 @dataclass
 class Config:
-    task: str = "semantic"
+    task: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: list[LossTerm] = field(default_factory=lambda: [LossTerm()])
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        inferred = task_of_dataset(self.data.name)
+        if self.task is None:
+            self.task = inferred
+        elif self.task not in TASKS:
+            raise PixelsegError(f"unknown task '{self.task}' (choose one of: {', '.join(TASKS)})")
+        elif self.task != inferred:
+            raise PixelsegError(f"task is '{self.task}' but data.name '{self.data.name}' is a {inferred} dataset")
+
 
 # ---- loading -------------------------------------------------------------------------------------------
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    return build_typed(Config, values, "")
+    return build_typed(Config, upgrade_legacy_instance_config(values), "")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """The config file (read once) with the ``key=value`` overrides applied, checked and typed."""
     values = read_yaml(path) if path is not None else {}
-    values = apply_overrides(values, overrides or [])
     try:
+        values = apply_overrides(upgrade_legacy_instance_config(values), overrides or [])
         return config_from_dict(values)
     except PixelsegError as err:
         raise PixelsegError(str(err), path) from None
@@ -82,3 +101,86 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+# ---- pixelseg 0.1 instance configs ---------------------------------------------------------------------
+
+_LEGACY_DATA = {"synthetic": "synthetic_instances", "coco": "coco_instances", "folder": "instance_folder"}
+_LEGACY_TRAIN = {"steps": ("train", "steps"), "batch_size": ("data", "batch_size"), "optimizer": ("optim", "name"),
+                 "lr": ("optim", "lr"), "momentum": ("optim", "momentum"), "weight_decay": ("optim", "weight_decay"),
+                 "warmup_steps": ("optim", "warmup_steps"), "grad_clip": ("optim", "grad_clip"),
+                 "hflip": ("data", "hflip"), "seed": ("train", "seed"), "num_workers": ("data", "num_workers"),
+                 "log_every": ("train", "log_every"), "precise_bn_batches": ("train", "precise_bn_batches"),
+                 "eval_every": ("train", "val_every_steps"), "checkpoint_every": ("train", "checkpoint_every_steps"),
+                 "out_dir": ("train", "out_dir"), "threads": ("train", "threads")}
+_LEGACY_SPLIT = {"synthetic": {"train": {"length": "num_samples", "size": "image_size", "seed": "seed"},
+                               "val": {"length": "val_samples", "size": "image_size", "seed": "seed"}},
+                 "coco": {"train": {"annotation_file": "train_annotations", "image_dir": "train_images"},
+                          "val": {"annotation_file": "val_annotations", "image_dir": "val_images"}},
+                 "folder": {"train": {"val_count": "val_count", "root": "root", "images_dir": "images_subdir",
+                                      "masks_dir": "masks_subdir", "split": None},
+                            "val": {"val_count": "val_count", "root": "root", "images_dir": "images_subdir",
+                                    "masks_dir": "masks_subdir", "split": None}}}
+
+
+def is_legacy_instance_config(values: dict[str, Any]) -> bool:
+    data, model = values.get("data"), values.get("model")
+    return values.get("task") == "instance" and (
+        (isinstance(data, dict) and "kind" in data) or (isinstance(model, dict) and "name" not in model)
+        or (isinstance(values.get("train"), dict) and any(k in values["train"] for k in ("lr", "eval_every"))))
+
+
+def upgrade_legacy_instance_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A pixelseg 0.1 instance config (``data.kind``, ``train.lr``, ``model.backbone``, ...) in the
+    sections every task shares; any other config is returned unchanged."""
+    if not is_legacy_instance_config(values):
+        return values
+    warnings.warn("this instance config uses the pixelseg 0.1 layout (data.kind, train.lr, ...); it is read "
+                  "as the shared sections (see configs/instance/)", DeprecationWarning, stacklevel=3)
+    unknown = set(values) - {"task", "model", "data", "train"}
+    if unknown:
+        raise PixelsegError(f"unknown top-level key(s) {', '.join(sorted(unknown))} (expected task, model, data, "
+                            "train)")
+    model = dict(values.get("model") or {})
+    model.setdefault("backbone", "mobilenet_v3_large")
+    upgraded: dict[str, Any] = {"task": "instance", "model": {"name": "mask_rcnn", "kwargs": model},
+                                "data": {"batch_size": 4}, "loss": [],
+                                "optim": {"name": "sgd", "lr": 0.02, "schedule": "step", "warmup_steps": 100,
+                                          "grad_clip": 10.0},
+                                "train": {"steps": 1000, "val_every_steps": 500, "checkpoint_every_steps": 100,
+                                          "out_dir": "runs/instance", "precise_bn_batches": 50}}
+    data = dict(values.get("data") or {})
+    kind = data.pop("kind", "synthetic")
+    if kind not in _LEGACY_DATA:
+        raise PixelsegError(f"unknown data.kind '{kind}' (choose synthetic, coco or folder)")
+    upgraded["data"]["name"] = _LEGACY_DATA[kind]
+    if "root" in data:
+        upgraded["data"]["root"] = data.pop("root")
+    for split in ("train", "val"):
+        options = data.pop(split, None) or {}
+        if not isinstance(options, dict):
+            raise PixelsegError(f"data.{split} must be a mapping, not {options!r}")
+        for key, value in options.items():
+            if key not in _LEGACY_SPLIT[kind][split]:
+                raise PixelsegError(f"data.{split}: unknown key '{key}' for data.kind '{kind}' "
+                                    f"(known: {', '.join(_LEGACY_SPLIT[kind][split])})")
+            target = _LEGACY_SPLIT[kind][split][key]
+            if target is not None:
+                upgraded["data"][target] = value
+    if data:
+        raise PixelsegError(f"unknown data key(s) {', '.join(sorted(data))} for data.kind '{kind}'")
+    train = values.get("train") or {}
+    if not isinstance(train, dict):
+        raise PixelsegError(f"'train' must be a mapping, not {train!r}")
+    for key, value in train.items():
+        if key not in _LEGACY_TRAIN:
+            raise PixelsegError(f"unknown train key '{key}'{_closest_legacy(key)}")
+        section, name = _LEGACY_TRAIN[key]
+        upgraded[section][name] = value
+    return upgraded
+
+
+def _closest_legacy(key: str) -> str:
+    from ..errors import closest
+
+    return closest(key, _LEGACY_TRAIN)

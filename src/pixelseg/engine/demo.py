@@ -6,8 +6,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..data.shapes import Shapes
 from ..data.config import DataConfig
+from ..data.shapes import Shapes
 from .config import Config, ModelConfig, OptimConfig, TrainConfig
 from .evaluate import evaluate
 from .predict import predict

@@ -1,16 +1,21 @@
-"""The trainer: AdamW or SGD with poly learning rate, validation every epoch, atomic checkpoints, exact
-resume, rich progress bars, a CSV log and PNG curves.
+"""The one trainer: every task (semantic, volumetric, instance) trains through :class:`Trainer`.
+
+The loop is the same for all of them — batches from the task's data, the task's loss, AdamW or SGD with
+a poly or step learning-rate schedule, validation with the task's evaluator, atomic checkpoints and an
+exact ``--resume`` — and the side work is done by hooks (:class:`Hook`): the learning-rate schedule,
+the progress display, the CSV log and curves, and the checkpoints.
 
 Run directory (``train.out_dir``)::
 
     config.yaml          the resolved configuration
-    last.safetensors     full training state (model, optimizer, RNG, epoch, history) — for --resume
-    best/                the best model so far: config.json + model.safetensors (+ metrics.json)
-    log.csv, curves.png  one row / point per epoch
+    last.safetensors     full training state (model, optimizer, RNG, progress) — for --resume
+    best/                the best model so far by train.monitor: config.json + model.safetensors + metrics.json
+    last_model/          the model at the end of training
+    log.csv, curves.png  one row / point per epoch (and per validation inside an epoch)
 
-Exact resume: at the start of epoch ``e`` the RNG is re-seeded from ``(seed, e)`` and the learning rate
-is a function of the global step, so continuing from the epoch-``e`` checkpoint replays precisely what
-an uninterrupted run would do.
+Exact resume: at the start of epoch ``e`` the RNG is seeded from ``(seed, e)``; a checkpoint inside an epoch
+stores the RNG state, and the resumed run replays the epoch's batch order up to it, so continuing replays
+precisely what an uninterrupted run would do.
 """
 
 from __future__ import annotations
@@ -25,43 +30,40 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.build import DatasetInfo, build_datasets, dataset_info
+from ..data.build import DataBundle, DatasetInfo, build_data
 from ..errors import PixelsegError, closest
-from ..losses import build_loss
-from ..metrics import ConfusionMatrix
-from ..models.base import SegmentationOutput
-from ..models.registry import create_model
 from ..io.checkpoint import atomic_write_bytes, load_training_state, save_training_state
+from ..models.pretrained import save_pretrained
+from ..tasks.base import Task, get_task
 from .config import Config, config_to_dict
-from ..inference.forward import forward_whole
 
 console = Console(stderr=True)
-
-
-def build_model_for(config: Config, info: DatasetInfo) -> nn.Module:
-    model_cfg = config.model
-    in_channels = model_cfg.in_channels or info.in_channels
-    model = create_model(model_cfg.name, num_classes=info.num_classes, in_channels=in_channels,
-                         encoder=model_cfg.encoder, encoder_weights=model_cfg.encoder_weights,
-                         **model_cfg.kwargs)
-    model.pixelseg_config["data"] = {**asdict(info), "dataset": asdict(config.data)}
-    return model
-
 
 CLASS_WEIGHTINGS = ("median_frequency", "enet")
 
 
-def loss_terms(config: Config) -> list[dict[str, Any]]:
+def build_model_for(config: Config, info: DatasetInfo) -> nn.Module:
+    """The configured model for a dataset, with the data facts it needs at inference saved in its config."""
+    task = get_task(config.task or "semantic")
+    model = task.build_model(config.model, info)
+    model.pixelseg_config["task"] = task.name
+    model.pixelseg_config["data"] = {**asdict(info), "dataset": asdict(config.data)}
+    if config.model.refine is not None:
+        model.pixelseg_config["refine"] = dict(config.model.refine)
+    return model
+
+
+def loss_terms(config: Config, data: DataBundle | None = None) -> list[dict[str, Any]]:
     """The config's loss terms; ``class_weights: median_frequency`` or ``enet`` is computed from the
     training split (as ``pixelseg stats`` prints it)."""
     terms = []
+    stats = None
     for term in config.loss:
         params = dict(term.params)
         weighting = params.get("class_weights")
@@ -69,9 +71,8 @@ def loss_terms(config: Config) -> list[dict[str, Any]]:
             if weighting not in CLASS_WEIGHTINGS:
                 raise PixelsegError(f"loss '{term.name}': class_weights '{weighting}' is not a weighting"
                                     f"{closest(weighting, CLASS_WEIGHTINGS)} (or give a list of numbers)")
-            from ..data.stats import dataset_stats
-
-            stats = dataset_stats(config.data)
+            if stats is None:
+                stats = (data or build_data(config.data)).class_stats()
             weights = stats.median_frequency_weights() if weighting == "median_frequency" else stats.enet_weights()
             params["class_weights"] = [float(w) for w in weights]
         terms.append({"name": term.name, "weight": term.weight, **params})
@@ -95,179 +96,343 @@ def poly_lr(base_lr: float, step: int, total_steps: int, power: float, warmup_st
     return base_lr * max(0.0, 1 - step / max(total_steps, 1)) ** power
 
 
-def crop_target_to(target: Tensor, size: tuple[int, int]) -> Tensor:
-    """Centre-crop the target to a valid-convolution output (U-Net trains on the centre)."""
-    if tuple(target.shape[-2:]) == tuple(size):
-        return target
-    top = (target.shape[-2] - size[0]) // 2
-    left = (target.shape[-1] - size[1]) // 2
-    return target[..., top:top + size[0], left:left + size[1]]
+def step_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """Mask R-CNN's schedule, shortened: linear warm-up from 1/1000, then ×0.1 at 75 % and again at 90 %."""
+    if step < warmup_steps:
+        return base_lr * (0.001 + (1 - 0.001) * step / warmup_steps)
+    return base_lr * (0.1 ** ((step >= math.floor(0.75 * total_steps)) + (step >= math.floor(0.9 * total_steps))))
 
 
-def compute_loss(output: Tensor | SegmentationOutput, target: Tensor, criterion: nn.Module) -> Tensor:
-    """Main loss plus weighted auxiliary losses (aux logits upsampled bilinearly to the main size)."""
-    main = output.out if isinstance(output, SegmentationOutput) else output
-    target = crop_target_to(target, tuple(main.shape[-2:]))
-    loss = criterion(main, target)
-    if isinstance(output, SegmentationOutput):
-        for weight, aux in zip(output.aux_weights, output.aux, strict=True):
-            if aux.shape[-2:] != main.shape[-2:]:
-                aux = F.interpolate(aux, size=main.shape[-2:], mode="bilinear", align_corners=False)
-            loss = loss + weight * criterion(aux, target)
-    return loss
+SCHEDULES = ("poly", "step")
+
+
+def learning_rate(config: Config, step: int, total_steps: int) -> float:
+    optim = config.optim
+    if optim.schedule == "poly":
+        return poly_lr(optim.lr, step, total_steps, optim.poly_power, optim.warmup_steps)
+    if optim.schedule == "step":
+        return step_lr(optim.lr, step, total_steps, optim.warmup_steps)
+    raise PixelsegError(f"unknown optim.schedule '{optim.schedule}'{closest(optim.schedule, SCHEDULES)}")
+
+
+def compute_loss(task: Task, model: nn.Module, batch: Any, criterion: nn.Module | None, device: torch.device):
+    """The task's loss of one batch (a seam for tests that interrupt training)."""
+    return task.loss(model, batch, criterion, device)
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, loader: DataLoader, num_classes: int, ignore_index: int,
-                   device: torch.device, progress: Progress | None = None) -> dict[str, Any]:
-    """Accumulate one confusion matrix over the loader; return all scores."""
+def evaluate_model(task: Task, model: nn.Module, loader: DataLoader, info: DatasetInfo, device: torch.device,
+                   forward: Any = None, progress: Progress | None = None) -> dict[str, Any]:
+    """One pass of the task's evaluator over ``loader``; ``forward`` replaces the model (e.g. TTA)."""
     model.eval()
-    matrix = ConfusionMatrix(num_classes, ignore_index)
-    task = progress.add_task("validate", total=len(loader), loss="") if progress else None
-    for images, targets in loader:
-        logits = forward_whole(model, images.to(device))
-        matrix.update(logits.argmax(1).cpu(), targets)
+    evaluator = task.evaluator(info)
+    shown = progress.add_task("validate", total=len(loader), loss="") if progress else None
+    for batch in loader:
+        task.evaluate_batch(forward or model, batch, evaluator, device)
         if progress is not None:
-            progress.advance(task)
+            progress.advance(shown)
     if progress is not None:
-        progress.remove_task(task)
-    return matrix.compute()
+        progress.remove_task(shown)
+    return evaluator.compute()
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=console, transient=True)
+# ---- hooks ---------------------------------------------------------------------------------------------
+
+class Hook:
+    """Side work of the loop; every method is optional."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_step_start(self, trainer: Trainer) -> None: ...
+    def on_step_end(self, trainer: Trainer, loss: float, parts: dict[str, float]) -> None: ...
+    def on_row(self, trainer: Trainer, row: dict[str, Any]) -> None: ...
+    def on_validation(self, trainer: Trainer, scores: dict[str, Any]) -> None: ...
+    def on_checkpoint(self, trainer: Trainer) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
 
 
-def _write_log(out_dir: Path, history: list[dict[str, Any]]) -> None:
-    if not history:
-        return
-    columns = list(history[0])
-    for row in history:
-        columns += [c for c in row if c not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_bytes(out_dir / "log.csv", buffer.getvalue().encode())
-    _plot_curves(out_dir, history)
+class LearningRateSchedule(Hook):
+    def on_step_start(self, trainer: Trainer) -> None:
+        lr = learning_rate(trainer.config, trainer.step, trainer.total_steps)
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = lr
 
 
-def _plot_curves(out_dir: Path, history: list[dict[str, Any]]) -> None:
+class ProgressDisplay(Hook):
+    """A rich progress bar per epoch with the running loss and an ETA for the whole run."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[loss]}"),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                                 transient=True, disable=quiet)
+        self.quiet = quiet
+        self.bar: Any = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.progress.start()
+        self.bar = self.progress.add_task("train", total=trainer.total_steps, completed=trainer.step, loss="")
+
+    def on_step_end(self, trainer: Trainer, loss: float, parts: dict[str, float]) -> None:
+        self.progress.update(self.bar, completed=trainer.step, loss=f"loss {trainer.running_loss():.4f}",
+                             description=f"epoch {trainer.epoch + 1}/{trainer.epochs}")
+
+    def on_row(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        if not self.quiet:
+            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+            console.print(", ".join(f"{k}={v}" for k, v in shown.items()))
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self.progress.stop()
+
+
+class CsvLog(Hook):
+    """``log.csv`` (one row per epoch and per validation) and ``curves.png``, both rewritten atomically."""
+
+    def on_row(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        history = trainer.history
+        columns: list[str] = []
+        for entry in history:
+            columns += [c for c in entry if c not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_bytes(trainer.out_dir / "log.csv", buffer.getvalue().encode())
+        plot_curves(trainer.out_dir, history, trainer.monitor)
+
+
+class Checkpointer(Hook):
+    """``last.safetensors`` (resumable) at every epoch end and every ``checkpoint_every_steps``; ``best/``
+    when the monitored score improves; ``last_model/`` at the end."""
+
+    def on_validation(self, trainer: Trainer, scores: dict[str, Any]) -> None:
+        score = scores.get(trainer.monitor)
+        if score is None or isinstance(score, list):
+            names = [k for k, v in scores.items() if not isinstance(v, list)]
+            raise PixelsegError(f"train.monitor '{trainer.monitor}' is not a metric{closest(trainer.monitor, names)}")
+        if score > trainer.best:
+            trainer.best = score
+            save_pretrained(trainer.model, trainer.out_dir / "best")
+            atomic_write_bytes(trainer.out_dir / "best" / "metrics.json",
+                               json.dumps({"epoch": trainer.epoch + 1, "step": trainer.step, **scores},
+                                          indent=2).encode())
+
+    def on_checkpoint(self, trainer: Trainer) -> None:
+        save_training_state(trainer.state_path, model=trainer.model, optimizer=trainer.optimizer,
+                            info={"epoch": trainer.epoch, "epoch_step": trainer.epoch_step, "step": trainer.step,
+                                  "best": trainer.best, "history": trainer.history,
+                                  "running": trainer.running})
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        save_pretrained(trainer.model, trainer.out_dir / "last_model")
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
+
+class Trainer:
+    """Trains ``config`` with its task's plug-in; :meth:`fit` returns the run directory."""
+
+    def __init__(self, config: Config, *, resume: bool = False, quiet: bool = False,
+                 hooks: list[Hook] | None = None) -> None:
+        self.config, self.resume = config, resume
+        self.task = get_task(config.task or "semantic")
+        self.out_dir = Path(config.train.out_dir)
+        self.state_path = self.out_dir / "last.safetensors"
+        if self.state_path.exists() and not resume:
+            raise PixelsegError("the run directory already holds a checkpoint; pass --resume to continue it "
+                                "or set train.out_dir to a new directory", self.out_dir)
+        if resume and not self.state_path.exists():
+            raise PixelsegError("nothing to resume: no last.safetensors here", self.out_dir)
+        self.monitor = config.train.monitor or self.task.monitor
+        self.hooks = hooks if hooks is not None else [LearningRateSchedule(), ProgressDisplay(quiet), CsvLog(),
+                                                      Checkpointer()]
+        self.epoch = self.epoch_step = self.step = 0
+        self.best = -math.inf
+        self.history: list[dict[str, Any]] = []
+        self.running: dict[str, float] = {"loss": 0.0, "count": 0.0}
+
+    # -- setup --
+    def _setup(self) -> None:
+        config = self.config
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        self.device = torch.device(config.train.device)
+        torch.manual_seed(config.train.seed)
+        self.data = build_data(config.data)
+        if len(self.data.train) < (config.data.batch_size if self.task.drop_last else 1):
+            raise PixelsegError(f"the training set has {len(self.data.train)} images, fewer than data.batch_size "
+                                f"{config.data.batch_size}")
+        self.model = build_model_for(config, self.data.info).to(self.device)
+        self.criterion = self.task.build_criterion(loss_terms(config, self.data), self.data)
+        if self.criterion is not None:
+            self.criterion = self.criterion.to(self.device)
+        self.optimizer = build_optimizer(config, self.model)
+        batches = len(self.data.train) // config.data.batch_size if self.task.drop_last else \
+            math.ceil(len(self.data.train) / config.data.batch_size)
+        self.steps_per_epoch = min(batches, config.train.max_steps_per_epoch or batches)
+        if config.train.steps is not None:
+            self.total_steps = config.train.steps
+            self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        else:
+            self.epochs = config.train.epochs
+            self.total_steps = self.steps_per_epoch * self.epochs
+        self.val_loader = DataLoader(self.data.val, batch_size=config.data.val_batch_size, shuffle=False,
+                                     num_workers=config.data.num_workers, collate_fn=self.data.collate)
+        self.rng_after_skip: torch.Tensor | None = None
+        if self.resume:
+            state = load_training_state(self.state_path, model=self.model, optimizer=self.optimizer)
+            self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
+            self.epoch_step, self.history = state.get("epoch_step", 0), state["history"]
+            self.running = state.get("running", self.running)
+            if self.epoch_step:  # inside an epoch: replay its batch order, then the saved RNG state
+                self.rng_after_skip = torch.get_rng_state()
+        else:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.out_dir / "config.yaml",
+                               yaml.safe_dump(config_to_dict(config), sort_keys=False).encode())
+
+    def _epoch_loader(self) -> DataLoader:
+        seed = self.config.train.seed * 100_003 + self.epoch
+        torch.manual_seed(seed)
+        for term in (self.criterion.modules() if self.criterion is not None else []):
+            if hasattr(term, "set_epoch"):  # scheduled losses (e.g. region_boundary) follow the epoch
+                term.set_epoch(self.epoch)
+        return DataLoader(self.data.train, batch_size=self.config.data.batch_size, shuffle=True,
+                          drop_last=self.task.drop_last, num_workers=self.config.data.num_workers,
+                          generator=torch.Generator().manual_seed(seed), collate_fn=self.data.collate)
+
+    def _call(self, name: str, *args: Any) -> None:
+        for hook in self.hooks:
+            getattr(hook, name)(self, *args)
+
+    def running_loss(self) -> float:
+        return self.running["loss"] / max(self.running["count"], 1)
+
+    # -- the loop --
+    def fit(self) -> Path:
+        self._setup()
+        self._call("on_train_start")
+        try:
+            self._loop()
+        except BaseException:
+            self._stop_display()
+            raise
+        self._call("on_train_end")
+        return self.out_dir
+
+    def _loop(self) -> None:
+        train_cfg = self.config.train
+        while self.step < self.total_steps:
+            batches = iter(self._epoch_loader())
+            for _ in range(self.epoch_step):  # resuming inside this epoch: replay its batch order
+                next(batches)
+            if self.rng_after_skip is not None:
+                torch.set_rng_state(self.rng_after_skip)
+                self.rng_after_skip = None
+            started = time.perf_counter()
+            self.model.train()
+            while self.epoch_step < self.steps_per_epoch and self.step < self.total_steps:
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                self._train_step(batch)
+                end_of_epoch = self.epoch_step >= self.steps_per_epoch
+                finished = self.step >= self.total_steps
+                if end_of_epoch or finished:
+                    break
+                if train_cfg.val_every_steps and self.step % train_cfg.val_every_steps == 0:
+                    self._validate_and_log(started, end_of_epoch=False)
+                    started = time.perf_counter()
+                elif train_cfg.checkpoint_every_steps and self.step % train_cfg.checkpoint_every_steps == 0:
+                    self._call("on_checkpoint")
+            finished = self.step >= self.total_steps
+            if train_cfg.val_every_steps:
+                validate = self.step % train_cfg.val_every_steps == 0 or finished
+            else:
+                validate = (self.epoch + 1) % train_cfg.val_every == 0 or finished
+            self._validate_and_log(started, end_of_epoch=self.epoch_step >= self.steps_per_epoch, validate=validate)
+
+    def _stop_display(self) -> None:
+        for hook in self.hooks:
+            if isinstance(hook, ProgressDisplay):
+                hook.on_train_end(self)
+
+    def _train_step(self, batch: Any) -> None:
+        self._call("on_step_start")
+        result = compute_loss(self.task, self.model, batch, self.criterion, self.device)
+        if not torch.isfinite(result.total):
+            raise PixelsegError(f"the loss became {result.total.item()} at step {self.step}; lower optim.lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        result.total.backward()
+        if self.config.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                           self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self.epoch_step += 1
+        loss = float(result.total.detach())
+        self.running["loss"] = self.running["loss"] + loss * result.count
+        self.running["count"] = self.running["count"] + result.count
+        parts = {name: float(value.detach()) for name, value in result.parts.items()}
+        for name, value in parts.items():
+            self.running[f"part:{name}"] = self.running.get(f"part:{name}", 0.0) + value
+        self.running["steps"] = self.running.get("steps", 0.0) + 1
+        self._call("on_step_end", loss, parts)
+
+    def _validate_and_log(self, started: float, *, end_of_epoch: bool, validate: bool = True) -> None:
+        steps = max(self.running.get("steps", 0.0), 1)
+        row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step,
+                               "lr": self.optimizer.param_groups[0]["lr"], "train_loss": self.running_loss(),
+                               **{k[5:]: v / steps for k, v in self.running.items() if k.startswith("part:")},
+                               "seconds": round(time.perf_counter() - started, 2)}
+        self.running = {"loss": 0.0, "count": 0.0}
+        if validate:
+            self.task.prepare_evaluation(self.model, self.data, seed=self.config.train.seed + 7919 + self.step,
+                                         batches=self._precise_bn_batches(),
+                                         batch_size=self.config.data.batch_size)
+            scores = evaluate_model(self.task, self.model, self.val_loader, self.data.info, self.device)
+            self.model.train()
+            row.update({f"val_{k}": v for k, v in scores.items() if not isinstance(v, list)})
+            self._call("on_validation", scores)
+        if end_of_epoch:
+            self.epoch += 1
+            self.epoch_step = 0
+        self.history.append(row)
+        self._call("on_checkpoint")
+        self._call("on_row", row)
+
+    def _precise_bn_batches(self) -> int:
+        value = self.config.train.precise_bn_batches
+        return getattr(self.task, "precise_bn_batches", 0) if value is None else value
+
+
+def train(config: Config, *, resume: bool = False, quiet: bool = False) -> Path:
+    """Train as configured; return the run directory. ``resume`` continues from ``last.safetensors``."""
+    return Trainer(config, resume=resume, quiet=quiet).fit()
+
+
+def plot_curves(out_dir: Path, history: list[dict[str, Any]], monitor: str) -> None:
+    """``curves.png``: training loss (left) and validation scores (right) against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [row["epoch"] for row in history]
+    steps = [row["step"] for row in history]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train loss")
-    left.set_xlabel("epoch")
+    left.plot(steps, [row["train_loss"] for row in history], marker="o", label="train loss")
+    left.set_xlabel("step")
     left.legend()
-    for key in ("val_mean_iou", "val_pixel_accuracy", "val_mean_dice"):
+    for key in dict.fromkeys((f"val_{monitor}", "val_mean_iou", "val_pixel_accuracy", "val_mean_dice",
+                              "val_mask_AP", "val_box_AP")):
         values = [row.get(key) for row in history]
         if any(v is not None and v == v for v in values):
-            right.plot(epochs, values, marker="o", label=key)
-    right.set_xlabel("epoch")
-    if right.lines:  # no validation yet (train.val_every > epochs so far): nothing to label
+            right.plot(steps, [v if v is not None else float("nan") for v in values], marker="o", label=key)
+    right.set_xlabel("step")
+    if right.lines:  # no validation yet: nothing to label
         right.legend()
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)
     atomic_write_bytes(out_dir / "curves.png", buffer.getvalue())
-
-
-def train(config: Config, *, resume: bool = False, quiet: bool = False) -> Path:
-    """Train as configured; return the run directory. ``resume`` continues from ``last.safetensors``."""
-    out_dir = Path(config.train.out_dir)
-    state_path = out_dir / "last.safetensors"
-    if state_path.exists() and not resume:
-        raise PixelsegError("the run directory already holds a checkpoint; pass --resume to continue it "
-                            "or set train.out_dir to a new directory", out_dir)
-    if resume and not state_path.exists():
-        raise PixelsegError("nothing to resume: no last.safetensors here", out_dir)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    device = torch.device(config.train.device)
-    torch.manual_seed(config.train.seed)
-
-    info = dataset_info(config.data)
-    train_set, val_set = build_datasets(config.data, info)
-    model = build_model_for(config, info).to(device)
-    criterion = build_loss(loss_terms(config), ignore_index=info.ignore_index).to(device)
-    optimizer = build_optimizer(config, model)
-
-    steps_per_epoch = math.ceil(len(train_set) / config.data.batch_size)
-    if config.train.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.train.max_steps_per_epoch)
-    total_steps = steps_per_epoch * config.train.epochs
-    history: list[dict[str, Any]] = []
-    start_epoch, step, best = 0, 0, -math.inf
-    if resume:
-        state = load_training_state(state_path, model=model, optimizer=optimizer)
-        start_epoch, step, best, history = state["epoch"], state["step"], state["best"], state["history"]
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False).encode())
-
-    val_loader = DataLoader(val_set, batch_size=config.data.val_batch_size, shuffle=False,
-                            num_workers=config.data.num_workers)
-    progress = _progress()
-    progress.disable = quiet
-    with progress:
-        for epoch in range(start_epoch, config.train.epochs):
-            torch.manual_seed(config.train.seed * 100_003 + epoch)
-            for term in criterion.modules():  # scheduled losses (e.g. region_boundary) follow the epoch
-                if hasattr(term, "set_epoch"):
-                    term.set_epoch(epoch)
-            generator = torch.Generator().manual_seed(config.train.seed * 100_003 + epoch)
-            loader = DataLoader(train_set, batch_size=config.data.batch_size, shuffle=True, drop_last=False,
-                                num_workers=config.data.num_workers, generator=generator)
-            model.train()
-            task = progress.add_task(f"epoch {epoch + 1}/{config.train.epochs}", total=steps_per_epoch, loss="")
-            loss_sum, seen, started = 0.0, 0, time.perf_counter()
-            for batch_index, (images, targets) in enumerate(loader):
-                if batch_index >= steps_per_epoch:
-                    break
-                for group in optimizer.param_groups:
-                    group["lr"] = poly_lr(config.optim.lr, step, total_steps, config.optim.poly_power,
-                                          config.optim.warmup_steps)
-                images, targets = images.to(device), targets.to(device)
-                loss = compute_loss(model(images), targets, criterion)
-                if not torch.isfinite(loss):
-                    raise PixelsegError(f"the loss became {loss.item()} at step {step}; lower optim.lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                loss_sum += loss.item() * images.shape[0]
-                seen += images.shape[0]
-                progress.update(task, advance=1, loss=f"loss {loss_sum / seen:.4f}")
-            progress.remove_task(task)
-            row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                                   "train_loss": loss_sum / max(seen, 1),
-                                   "seconds": round(time.perf_counter() - started, 2)}
-            is_last = epoch + 1 == config.train.epochs
-            if (epoch + 1) % config.train.val_every == 0 or is_last:
-                scores = evaluate_model(model, val_loader, info.num_classes, info.ignore_index, device, progress)
-                row.update({f"val_{k}": v for k, v in scores.items() if not isinstance(v, list)})
-                score = scores.get(config.train.monitor)
-                if score is None:
-                    raise PixelsegError(f"train.monitor '{config.train.monitor}' is not a metric")
-                if score > best:
-                    best = score
-                    model.save_pretrained(out_dir / "best")
-                    atomic_write_bytes(out_dir / "best" / "metrics.json",
-                                       json.dumps({"epoch": epoch + 1, **scores}, indent=2).encode())
-            history.append(row)
-            save_training_state(state_path, model=model, optimizer=optimizer,
-                                info={"epoch": epoch + 1, "step": step, "best": best, "history": history})
-            _write_log(out_dir, history)
-            if not quiet:
-                shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
-                console.print(f"epoch {epoch + 1}: " + ", ".join(f"{k}={v}" for k, v in shown.items()
-                                                                 if k != "epoch"))
-    model.save_pretrained(out_dir / "last_model")
-    return out_dir

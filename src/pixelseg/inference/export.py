@@ -35,9 +35,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PixelsegError
+from ..io.saved_model import resolve_model_dir
 from ..models.base import main_logits
-from ..models.registry import from_pretrained
-from ..engine.evaluate import resolve_model_dir
+from ..models.pretrained import from_pretrained
 from .tiling import has_valid_convolutions
 
 OPSET = 17

@@ -7,9 +7,9 @@ the maps are averaged. This is the multi-scale inference of DeepLab v2/v3 (Chen 
 arXiv:1606.00915 §4 and arXiv:1706.05587 §4.3: "average the predictions" over scales {0.5, 0.75, 1,
 1.25, 1.5, 1.75} and left-right flips) and of PSPNet (Zhao et al., 2017, arXiv:1612.01105 §5.2).
 
-A hierarchical multi-scale attention model (``hmsa``) is not averaged over scales: it composes the
-requested scales with its own learned attention (Tao et al., 2020, arXiv:2005.10821, §3.2), and only
-the flip is averaged.
+A model that fuses scales itself — it defines ``multi_scale_logits(images, scales)``, as hierarchical
+multi-scale attention does with its learned attention (Tao et al., 2020, arXiv:2005.10821, §3.2) — is
+given the requested scales through that hook, and only the flip is averaged.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import PixelsegError
-from ..models.base import main_logits
 from .forward import forward_whole
 
 
@@ -53,17 +52,17 @@ def _scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def _is_hierarchical(model: nn.Module) -> bool:
-    from ..models.hmsa import HierarchicalMultiScaleAttention
-
-    return isinstance(model, HierarchicalMultiScaleAttention)
+def _fuses_scales(model: nn.Module) -> bool:
+    """Whether the model merges scales itself: it defines ``multi_scale_logits(images, scales) -> logits``
+    (HMSA's learned attention)."""
+    return callable(getattr(model, "multi_scale_logits", None))
 
 
 def _one_view(model: nn.Module, images: Tensor, scales: tuple[float, ...]) -> list[Tensor]:
-    """Logits at the input size for every scale (one composed map for an HMSA model)."""
+    """Logits at the input size for every scale (one map when the model fuses the scales itself)."""
     size = images.shape[-2:]
-    if _is_hierarchical(model):
-        return [_resize(main_logits(model.compose(images, scales)), size)]
+    if _fuses_scales(model):
+        return [_resize(model.multi_scale_logits(images, scales), size)]
     return [_resize(forward_whole(model, _resize(images, _scaled_size(size, s))), size) for s in scales]
 
 

@@ -1,5 +1,10 @@
-"""Scores: one confusion matrix for pixels, per-volume Dice/IoU, boundary F-score."""
+"""Scores behind one :class:`Evaluator` interface: a confusion matrix for pixels (and the boundary F-score),
+per-volume Dice/IoU, COCO box and mask AP for instances. Imports nothing of pixelseg but errors and io."""
 
+from .base import Evaluator, markdown_table
+from .coco import CocoEvaluator
 from .confusion import BoundaryFScore, ConfusionMatrix, boundary_pixels
+from .volume import VolumeScores
 
-__all__ = ["BoundaryFScore", "ConfusionMatrix", "boundary_pixels"]
+__all__ = ["BoundaryFScore", "CocoEvaluator", "ConfusionMatrix", "Evaluator", "VolumeScores", "boundary_pixels",
+           "markdown_table"]

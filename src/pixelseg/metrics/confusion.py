@@ -23,12 +23,15 @@ the counts of every process (``torch.distributed``) and each then holds the sing
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
 from torch import Tensor
+
+from .base import Scores, all_reduce_sum, markdown_table, nanmean
 
 AbsentRule = Literal["nan", "zero"]
 
@@ -45,15 +48,9 @@ def _divide(numerator: Tensor, denominator: Tensor, absent: AbsentRule) -> Tenso
     return torch.where(denominator > 0, numerator / safe, torch.full_like(numerator, fill))
 
 
-def _all_reduce_sum(counts: Tensor, group: object | None) -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
-
-
 class ConfusionMatrix:
-    """Streaming ``num_classes × num_classes`` confusion matrix (rows: truth, columns: prediction).
+    """Streaming ``num_classes × num_classes`` confusion matrix (rows: truth, columns: prediction); an
+    :class:`~pixelseg.metrics.base.Evaluator`.
 
     ``validate=False`` skips the range check of label predictions (labels from ``argmax`` are always
     in range); targets are always checked.
@@ -120,7 +117,7 @@ class ConfusionMatrix:
 
     def all_reduce(self, group: object | None = None) -> None:
         """Sum the matrices of all processes in place (no-op outside ``torch.distributed``)."""
-        _all_reduce_sum(self.matrix, group)
+        all_reduce_sum(self.matrix, group)
 
     # ---- scores ---------------------------------------------------------------------------------------
     def _divide(self, numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -159,19 +156,19 @@ class ConfusionMatrix:
         return float(self.matrix.diag().sum().double() / total) if total > 0 else float("nan")
 
     def mean_pixel_accuracy(self) -> float:
-        return _nanmean(self.accuracy_per_class())
+        return nanmean(self.accuracy_per_class())
 
     def mean_precision(self) -> float:
-        return _nanmean(self.precision_per_class())
+        return nanmean(self.precision_per_class())
 
     def mean_recall(self) -> float:
-        return _nanmean(self.recall_per_class())
+        return nanmean(self.recall_per_class())
 
     def mean_iou(self) -> float:
-        return _nanmean(self.iou_per_class())
+        return nanmean(self.iou_per_class())
 
     def mean_dice(self) -> float:
-        return _nanmean(self.dice_per_class())
+        return nanmean(self.dice_per_class())
 
     def frequency_weighted_iou(self) -> float:
         frequency = self.true_per_class.double()
@@ -181,7 +178,7 @@ class ConfusionMatrix:
         iou = torch.nan_to_num(self.iou_per_class(), nan=0.0)  # absent classes have zero weight anyway
         return float((frequency * iou).sum() / total)
 
-    def compute(self) -> dict[str, float | list[float]]:
+    def compute(self) -> Scores:
         """All scores as plain Python numbers (per-class lists included)."""
         return {
             "pixel_accuracy": self.pixel_accuracy(),
@@ -197,6 +194,17 @@ class ConfusionMatrix:
             "precision_per_class": self.precision_per_class().tolist(),
             "recall_per_class": self.recall_per_class().tolist(),
         }
+
+    def report(self, class_names: Sequence[str]) -> str:
+        """IoU, Dice, accuracy (recall) and precision per class and their means, then pixel accuracy."""
+        table = markdown_table(
+            class_names,
+            {"IoU": self.iou_per_class().tolist(), "Dice": self.dice_per_class().tolist(),
+             "accuracy": self.accuracy_per_class().tolist(), "precision": self.precision_per_class().tolist()},
+            {"IoU": self.mean_iou(), "Dice": self.mean_dice(), "accuracy": self.mean_pixel_accuracy(),
+             "precision": self.mean_precision()})
+        return (f"{table}\n\npixel accuracy {self.pixel_accuracy():.4f}, "
+                f"frequency-weighted IoU {self.frequency_weighted_iou():.4f}")
 
 
 def boundary_pixels(labels: np.ndarray) -> np.ndarray:
@@ -265,7 +273,7 @@ class BoundaryFScore:
 
     def all_reduce(self, group: object | None = None) -> None:
         """Sum the counts of all processes in place (no-op outside ``torch.distributed``)."""
-        _all_reduce_sum(self.counts, group)
+        all_reduce_sum(self.counts, group)
 
     def precision_per_class(self) -> Tensor:
         return _divide(self.counts[0], self.counts[1], self.absent)
@@ -281,9 +289,9 @@ class BoundaryFScore:
         return torch.where(absent, torch.full_like(score, float("nan") if self.absent == "nan" else 0.0), score)
 
     def mean_f_score(self) -> float:
-        return _nanmean(self.f_score_per_class())
+        return nanmean(self.f_score_per_class())
 
-    def compute(self) -> dict[str, float | list[float]]:
+    def compute(self) -> Scores:
         return {
             "mean_boundary_f": self.mean_f_score(),
             "boundary_f_per_class": self.f_score_per_class().tolist(),
@@ -291,7 +299,12 @@ class BoundaryFScore:
             "boundary_recall_per_class": self.recall_per_class().tolist(),
         }
 
+    def report(self, class_names: Sequence[str]) -> str:
+        """Boundary F-score, precision and recall per class, and their means."""
+        return markdown_table(
+            class_names,
+            {"boundary F": self.f_score_per_class().tolist(), "precision": self.precision_per_class().tolist(),
+             "recall": self.recall_per_class().tolist()},
+            {"boundary F": self.mean_f_score(), "precision": nanmean(self.precision_per_class()),
+             "recall": nanmean(self.recall_per_class())})
 
-def _nanmean(values: Tensor) -> float:
-    finite = values[~torch.isnan(values)]
-    return float(finite.mean()) if finite.numel() else float("nan")

@@ -1,17 +1,19 @@
 """Imports every model module so that its ``@register`` runs.
 
-Every module directly inside ``pixelseg/models/`` whose name does not start with ``_`` is imported;
-model files elsewhere in the package are listed in ``OTHER_MODEL_MODULES``.
+Every module directly inside ``pixelseg/models/`` whose name does not start with ``_`` is imported, but
+for the support modules (registry, base, pretrained, config) and the ``encoders``/``modules`` packages; model
+files elsewhere in the package are listed in ``OTHER_MODEL_MODULES``.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 
-from . import __path__ as _models_path
+_models_path = [str(Path(__file__).parent)]  # this folder (importing the package here would be a circle)
 
-_SUPPORT_MODULES = {"registry", "base", "blocks", "encoders"}
+_SUPPORT_MODULES = {"registry", "base", "pretrained", "config", "encoders", "modules"}
 OTHER_MODEL_MODULES: list[str] = []
 
 for _info in pkgutil.iter_modules(_models_path):

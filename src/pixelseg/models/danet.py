@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import SegmentationModel, SegmentationOutput
-from .blocks import ConvBnAct, crop_to, pad_to_multiple
-from .encoders import TimmEncoder
+from .encoders.timm import TimmEncoder
+from .modules.blocks import ConvBnAct, crop_to, pad_to_multiple
 from .registry import register
 
 

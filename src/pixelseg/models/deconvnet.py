@@ -17,7 +17,7 @@ fc6's 7x7 kernel needs a pool5 map of at least 7x7, so an input is zero-padded t
 to at least 224x224 (the paper's input size) and the output is cropped back. ``encoder_weights`` loads
 timm's ImageNet ``vgg16`` (``"imagenet"`` or a local safetensors file): the 13 convolutions and fc6/fc7
 (timm keeps them as convolutions), as the paper initialises from VGG16. ``upsampling`` swaps the
-unpooling for any operator of ``pixelseg.models.upsampling``; ``base_channels`` and ``fc_channels``
+unpooling for any operator of ``pixelseg.models.modules.upsampling``; ``base_channels`` and ``fc_channels``
 shrink the network for experiments (the paper: 64 and 4096).
 """
 
@@ -26,12 +26,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..errors import PixelsegError
 from .base import SegmentationModel
-from .blocks import ConvBnAct, crop_to
+from .encoders.vgg import VGG16_STAGE_DEPTHS, copy_checked, timm_fc_weights, vgg16
+from .modules.blocks import ConvBnAct, crop_to
+from .modules.upsampling import check_upsampling, make_upsample
 from .registry import register
-from .segnet import VGG16_STAGE_DEPTHS, VGGEncoder, copy_checked
-from .upsampling import check_upsampling, make_upsample
 
 FC6_KERNEL = 7
 
@@ -57,7 +56,7 @@ class DeconvNet(SegmentationModel):
         stage_count = len(VGG16_STAGE_DEPTHS)
         self.stride = 2**stage_count
         self.min_size = self.stride * FC6_KERNEL  # 224: pool5 must hold fc6's 7x7 kernel
-        self.encoder = VGGEncoder(VGG16_STAGE_DEPTHS, in_channels, base_channels=base_channels)
+        self.encoder = vgg16(in_channels, base_channels=base_channels)
         widths = self.encoder.widths
         self.fc6 = ConvBnAct(widths[-1], fc_channels, FC6_KERNEL, padding=0)
         self.fc7 = ConvBnAct(fc_channels, fc_channels, 1)
@@ -78,11 +77,9 @@ class DeconvNet(SegmentationModel):
     def load_timm_vgg16(self, weights: str) -> None:
         """ImageNet VGG16 from timm: 13 convolutions, and fc6/fc7 (``pre_logits.fc1/fc2``)."""
         state = self.encoder.load_timm_vgg("vgg16", weights)
-        with torch.no_grad():
-            for key, target in (("pre_logits.fc1", self.fc6[0]), ("pre_logits.fc2", self.fc7[0])):
-                if f"{key}.weight" not in state:
-                    raise PixelsegError(f"VGG16 weights without '{key}.weight' (fc6/fc7)", weights)
-                copy_checked(target.weight, state[f"{key}.weight"], weights, key)
+        with torch.no_grad():  # fc6/fc7 have no bias of their own (batch norm follows)
+            for (weight, _), target in zip(timm_fc_weights(state, weights), (self.fc6[0], self.fc7[0]), strict=True):
+                copy_checked(target.weight, weight, weights, "fc6/fc7 weight")
 
     def forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import SegmentationModel
-from .context import SummedAtrousPyramid
-from .deeplab_v1 import PostProcessed
-from .deeplab_v3 import atrous_encoder
+from .encoders.atrous import atrous_encoder
+from .modules.context import SummedAtrousPyramid
+from .modules.heads import PostProcessed
 from .registry import register
 
 

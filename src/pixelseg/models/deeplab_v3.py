@@ -21,89 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..errors import PixelsegError
-from .base import SegmentationModel
-from .blocks import ConvBnAct
-from .context import AtrousSpatialPyramidPooling
-from .encoders import TimmEncoder
+from .base import SegmentationModel, record_output_stride
+from .encoders.atrous import atrous_encoder, rebuilt_at_output_stride
+from .modules.context import scaled_rates, set_aspp_rates
+from .modules.heads import DeepLabV3Head
 from .registry import register
-
-
-def apply_multi_grid(encoder: TimmEncoder, unit_rates: Sequence[int], output_stride: int) -> None:
-    """Set the 3x3 convolutions of the last ResNet stage to dilation ``stage_rate * unit_rates[i]``.
-
-    ``stage_rate`` is the dilation that replaces the stage's stride: 2 at output stride 16, 4 at 8.
-    """
-    last_stage = getattr(encoder.body, "layer4", None)
-    if last_stage is None or not all(hasattr(block, "conv2") for block in last_stage):
-        raise PixelsegError(f"multi_grid needs a ResNet-style encoder (layer4 of residual blocks); "
-                            f"'{encoder.name}' is not one: pass multi_grid=None")
-    stage_rate = 32 // output_stride
-    for index, block in enumerate(last_stage):
-        rate = stage_rate * unit_rates[index % len(unit_rates)]
-        block.conv2.dilation = (rate, rate)
-        block.conv2.padding = (rate, rate)
-
-
-def atrous_encoder(name: str, *, in_channels: int, weights: str | None, output_stride: int,
-                   multi_grid: Sequence[int] | None = None) -> TimmEncoder:
-    """A timm backbone at output stride 8 or 16 (dilated last stages), optionally with multi-grid."""
-    if output_stride not in (8, 16):
-        raise PixelsegError(f"output_stride must be 8 or 16, not {output_stride}")
-    encoder = TimmEncoder(name, in_channels=in_channels, weights=weights, output_stride=output_stride)
-    if multi_grid is not None:
-        apply_multi_grid(encoder, multi_grid, output_stride)
-    return encoder
-
-
-def rebuilt_at_output_stride(encoder: TimmEncoder, output_stride: int,
-                             multi_grid: Sequence[int] | None) -> TimmEncoder:
-    """The same backbone with the same weights at another output stride (strides traded for dilation)."""
-    body = encoder.body
-    first_conv = next(m for m in body.modules() if isinstance(m, nn.Conv2d))
-    with torch.device(first_conv.weight.device):
-        rebuilt = atrous_encoder(encoder.name, in_channels=first_conv.in_channels, weights=None,
-                                 output_stride=output_stride, multi_grid=multi_grid)
-    rebuilt.to(dtype=first_conv.weight.dtype).load_state_dict(encoder.state_dict())
-    return rebuilt.train(encoder.training)
-
-
-def set_aspp_rates(aspp: AtrousSpatialPyramidPooling, rates: Sequence[int]) -> None:
-    """Change the dilation of the ASPP's atrous branches in place (their weights do not depend on it)."""
-    for branch, rate in zip(aspp.branches[1:1 + len(aspp.rates)], rates, strict=True):
-        atrous_conv = branch[0]
-        atrous_conv.dilation, atrous_conv.padding = (rate, rate), (rate, rate)
-    aspp.rates = tuple(rates)
-
-
-def record_output_stride(model: nn.Module, output_stride: int) -> None:
-    """Keep the saved config (``save_pretrained``) in step with a changed output stride."""
-    config = getattr(model, "pixelseg_config", None)
-    if config is not None:
-        config["kwargs"]["output_stride"] = output_stride
-
-
-def scaled_rates(rates: Sequence[int], output_stride: int) -> tuple[int, ...]:
-    """The ASPP rates are given at output stride 16; at output stride 8 they double."""
-    return tuple(rate * 16 // output_stride for rate in rates)
-
-
-class DeepLabV3Head(nn.Sequential):
-    """ASPP → (3x3 conv-BN-ReLU, optional dropout) → 1x1 classifier; used by DeepLab v3 and FastFCN."""
-
-    def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int], *, channels: int = 256,
-                 head_conv: bool = True, dropout: float = 0.5, head_dropout: float = 0.0) -> None:
-        layers: list[nn.Module] = [AtrousSpatialPyramidPooling(in_channels, channels, rates, dropout=dropout)]
-        if head_conv:
-            layers.append(ConvBnAct(channels, channels, 3))
-        if head_dropout > 0:
-            layers.append(nn.Dropout(head_dropout))
-        layers.append(nn.Conv2d(channels, num_classes, 1))
-        super().__init__(*layers)
 
 
 class DeepLabV3(SegmentationModel):

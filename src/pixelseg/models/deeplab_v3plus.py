@@ -19,16 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import PixelsegError
-from .base import SegmentationModel
-from .blocks import ConvBnAct
-from .context import AtrousSpatialPyramidPooling, conv3x3_block
-from .deeplab_v3 import (
-    atrous_encoder,
-    rebuilt_at_output_stride,
-    record_output_stride,
-    scaled_rates,
-    set_aspp_rates,
-)
+from .base import SegmentationModel, record_output_stride
+from .encoders.atrous import atrous_encoder, rebuilt_at_output_stride
+from .modules.blocks import ConvBnAct
+from .modules.context import AtrousSpatialPyramidPooling, conv3x3_block, scaled_rates, set_aspp_rates
 from .registry import register
 
 

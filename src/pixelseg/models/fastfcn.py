@@ -16,10 +16,9 @@ from torch import Tensor, nn
 
 from ..errors import PixelsegError
 from .base import SegmentationModel, SegmentationOutput
-from .context import ClassifierHead, JointPyramidUpsampling
-from .deeplab_v3 import DeepLabV3Head, scaled_rates
-from .encoders import TimmEncoder
-from .pspnet import PSPHead
+from .encoders.timm import TimmEncoder
+from .modules.context import ClassifierHead, JointPyramidUpsampling, scaled_rates
+from .modules.heads import DeepLabV3Head, PSPHead
 from .registry import register
 
 HEADS = ("aspp", "psp")

@@ -23,7 +23,7 @@ paper's layer table (4 layers per block, growth 12, 48 initial maps) implies 1.3
 figure does not follow from it; we build the table's network (see docs/models-encoder-decoder-a.md).
 
 Any input size: zero-padded to a multiple of 32, cropped back. ``upsampling`` swaps the transposed
-convolution of the transitions up for another operator of ``pixelseg.models.upsampling`` (all but
+convolution of the transitions up for another operator of ``pixelseg.models.modules.upsampling`` (all but
 ``max_unpool``: the upsampled maps are not the pooled ones, so there are no indices for them).
 """
 
@@ -36,9 +36,9 @@ from torch import Tensor, nn
 
 from ..errors import PixelsegError
 from .base import SegmentationModel
-from .blocks import crop_to, pad_to_multiple
+from .modules.blocks import crop_to, pad_to_multiple
+from .modules.upsampling import check_upsampling, make_upsample
 from .registry import register
-from .upsampling import check_upsampling, make_upsample
 
 
 class BnReluConvDropout(nn.Sequential):

@@ -16,11 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from .base import SegmentationModel
-from .blocks import crop_to
-from .encoders import create_timm
+from .encoders.vgg import copy_checked, fcn_vgg16, timm_fc_weights
+from .modules.blocks import crop_to
 from .registry import register
-
-VGG16_LAYOUT = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
 def bilinear_kernel(channels: int, kernel_size: int) -> Tensor:
@@ -55,56 +53,23 @@ def learned_upsample(channels: int) -> nn.ConvTranspose2d:
     return up
 
 
-class VGG16Backbone(nn.Module):
-    """VGG16's 13 convolutions in five blocks plus fc6/fc7 as convolutions; returns pool3, pool4, fc7."""
-
-    def __init__(self, in_channels: int = 3, dropout: float = 0.5) -> None:
-        super().__init__()
-        blocks, channels = [], in_channels
-        for index, widths in enumerate(VGG16_LAYOUT):
-            layers: list[nn.Module] = []
-            for position, width in enumerate(widths):
-                padding = 100 if index == 0 and position == 0 else 1
-                layers += [nn.Conv2d(channels, width, 3, padding=padding), nn.ReLU(inplace=True)]
-                channels = width
-            layers.append(nn.MaxPool2d(2, stride=2, ceil_mode=True))
-            blocks.append(nn.Sequential(*layers))
-        self.blocks = nn.ModuleList(blocks)
-        self.fc6 = nn.Sequential(nn.Conv2d(512, 4096, 7), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
-        self.fc7 = nn.Sequential(nn.Conv2d(4096, 4096, 1), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        pools = []
-        for block in self.blocks:
-            x = block(x)
-            pools.append(x)
-        return pools[2], pools[3], self.fc7(self.fc6(x))
-
-    def load_timm_vgg16(self, weights: str) -> None:
-        """Copy ImageNet VGG16 weights (timm's ``vgg16``, whose fc6/fc7 are already convolutions)."""
-        vgg = create_timm("vgg16", in_channels=self.blocks[0][0].in_channels, weights=weights)
-        source_convs = [m for m in vgg.features if isinstance(m, nn.Conv2d)]
-        target_convs = [m for block in self.blocks for m in block if isinstance(m, nn.Conv2d)]
-        pairs = list(zip(source_convs, target_convs, strict=True))
-        pairs += [(vgg.pre_logits.fc1, self.fc6[0]), (vgg.pre_logits.fc2, self.fc7[0])]
-        with torch.no_grad():
-            for source, target in pairs:
-                target.weight.copy_(source.weight)
-                target.bias.copy_(source.bias)
-
-
 class FCN(SegmentationModel):
-    """FCN on VGG16 at output stride 32, 16 or 8 (FCN-32s / FCN-16s / FCN-8s)."""
+    """FCN on VGG16 at output stride 32, 16 or 8 (FCN-32s / FCN-16s / FCN-8s).
+
+    ``encoder`` is VGG16's 13 convolutions (``fcn_vgg16``); fc6 (7x7, 4096) and fc7 (1x1, 4096) follow.
+    """
 
     def __init__(self, num_classes: int, in_channels: int = 3, *, stride: int = 8,
-                 encoder_weights: str | None = None) -> None:
+                 dropout: float = 0.5, encoder_weights: str | None = None) -> None:
         super().__init__()
         if stride not in (8, 16, 32):
             raise ValueError(f"FCN stride must be 8, 16 or 32, not {stride}")
         self.stride = stride
-        self.backbone = VGG16Backbone(in_channels)
+        self.encoder = fcn_vgg16(in_channels)
+        self.fc6 = nn.Sequential(nn.Conv2d(512, 4096, 7), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
+        self.fc7 = nn.Sequential(nn.Conv2d(4096, 4096, 1), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
         if encoder_weights is not None:
-            self.backbone.load_timm_vgg16(encoder_weights)
+            self.load_timm_vgg16(encoder_weights)
         self.score_fr = nn.Conv2d(4096, num_classes, 1)
         if stride <= 16:
             self.score_pool4 = nn.Conv2d(512, num_classes, 1)
@@ -119,10 +84,20 @@ class FCN(SegmentationModel):
                 nn.init.zeros_(getattr(self, name).weight)
                 nn.init.zeros_(getattr(self, name).bias)
 
+    def load_timm_vgg16(self, weights: str) -> None:
+        """ImageNet VGG16 (timm's ``vgg16``): the 13 convolutions, and fc6/fc7 (already convolutions)."""
+        state = self.encoder.load_timm_vgg("vgg16", weights)
+        with torch.no_grad():
+            for (weight, bias), fc in zip(timm_fc_weights(state, weights), (self.fc6[0], self.fc7[0]), strict=True):
+                copy_checked(fc.weight, weight, weights, "fc6/fc7 weight")
+                if bias is not None:
+                    copy_checked(fc.bias, bias, weights, "fc6/fc7 bias")
+
     def forward(self, x: Tensor) -> Tensor:
         size = tuple(x.shape[-2:])
-        pool3, pool4, fc7 = self.backbone(x)
-        score = self.score_fr(fc7)
+        stages = self.encoder(x)
+        pool3, pool4 = stages[2].pooled, stages[3].pooled
+        score = self.score_fr(self.fc7(self.fc6(stages[4].pooled)))
         if self.stride == 32:
             return crop_to(self.upscore_final(score), size, (19, 19))
         score = self.upscore2(score)

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import SegmentationModel
-from .blocks import crop_to, pad_to_multiple
-from .encoders import TimmEncoder
+from .encoders.timm import TimmEncoder
+from .modules.blocks import crop_to, pad_to_multiple
+from .modules.upsampling import check_upsampling, make_upsample
 from .registry import register
-from .upsampling import check_upsampling, make_upsample
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
 

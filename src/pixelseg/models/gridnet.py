@@ -36,9 +36,9 @@ import torch
 from torch import Tensor, nn
 
 from .base import SegmentationModel
-from .blocks import crop_to, pad_to_multiple
+from .modules.blocks import crop_to, pad_to_multiple
+from .modules.upsampling import check_upsampling, make_upsample
 from .registry import register
-from .upsampling import check_upsampling, make_upsample
 
 GRIDNET_CHANNELS = (16, 32, 64, 128, 256)
 

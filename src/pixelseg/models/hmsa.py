@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..errors import PixelsegError
 from .base import SegmentationModel, SegmentationOutput, main_logits
-from .blocks import ConvBnAct
+from .modules.blocks import ConvBnAct
 from .registry import create_model, register
 
 
@@ -68,6 +68,10 @@ class HierarchicalMultiScaleAttention(SegmentationModel):
     def forward(self, x: Tensor) -> Tensor | SegmentationOutput:
         scales = self.training_scales if self.training else self.inference_scales
         return self.compose(x, scales)
+
+    def multi_scale_logits(self, images: Tensor, scales: Sequence[float]) -> Tensor:
+        """The test-time hook (``inference.tta``): the attention-merged logits over ``scales``."""
+        return main_logits(self.compose(images, scales))
 
     def compose(self, x: Tensor, scales: Sequence[float]) -> Tensor | SegmentationOutput:
         """Run the trunk at every scale and merge from the highest scale down (attention from the lower)."""

@@ -24,10 +24,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import SegmentationModel
-from .blocks import ConvBnAct, crop_to, pad_to_multiple
-from .encoders import TimmEncoder
+from .encoders.timm import TimmEncoder
+from .modules.blocks import ConvBnAct, crop_to, pad_to_multiple
+from .modules.upsampling import check_upsampling, make_upsample
 from .registry import register
-from .upsampling import check_upsampling, make_upsample
 
 _LEARNED_UPSAMPLING = ("transposed", "resize_conv")
 

@@ -6,7 +6,7 @@ used, so masks do not compete between classes), reading its features through RoI
 the exact sub-pixel position of the box instead of RoIPool's rounding.
 
 Built on torchvision's detection machinery (RPN, box and mask heads, losses, transforms); the RoI
-feature extraction is :class:`~pixelseg.models.roi_ops.MultiLevelRoIAlign`, our own RoIAlign
+feature extraction is :class:`~pixelseg.models.modules.roi_ops.MultiLevelRoIAlign`, our own RoIAlign
 (``roi_align_impl="torchvision"`` switches to torchvision's kernel). Backbones:
 
 - ``"resnet50"``: ResNet-50-FPN as in the paper's strongest setting (FPN levels P2-P5 plus P6 for the
@@ -16,84 +16,38 @@ feature extraction is :class:`~pixelseg.models.roi_ops.MultiLevelRoIAlign`, our 
   tapped at strides 4, 8, 16 and 32 (the last block of each resolution) under the same FPN, with
   ``fpn_channels``, ``representation_size`` and ``mask_head_channels`` as width knobs.
 
-Models are saved as ``config.json`` (``"task": "instance"``) plus ``model.safetensors``; no pickle.
+Registered as ``"mask_rcnn"``: ``create_model("mask_rcnn", num_classes=K, class_names=[...], backbone=...)``
+builds it and ``save_pretrained``/``from_pretrained`` save and load it like every other model.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-import json
-from pathlib import Path
 from typing import Any
 
-from torch import nn
-from torchvision.models import mobilenet_v3_large, resnet50
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import FrozenBatchNorm2d
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import PixelsegError
-from .roi_ops import MultiLevelRoIAlign
-
-BACKBONES = ("resnet50", "mobilenet_v3_large")
-PYRAMID_LEVELS = ["0", "1", "2", "3"]
-# MobileNetV3-Large blocks that end each resolution (strides 4, 8, 16 and 32).
-_MOBILENET_TAPS = [3, 6, 12, 16]
-
-
-def _load_backbone_weights(module: nn.Module, path: str) -> None:
-    from ..io.checkpoint import load_state_dict
-
-    state = load_state_dict(path)
-    missing, _ = module.load_state_dict(state, strict=False)
-    if len(missing) == len(module.state_dict()):
-        raise PixelsegError("no backbone weight matched the backbone's parameter names", path)
+from .base import SavesPretrained
+from .modules.detection import (
+    PYRAMID_LEVELS,
+    check_rgb,
+    class_names_or_default,
+    feature_pyramid,
+    pyramid_anchors,
+)
+from .modules.roi_ops import MultiLevelRoIAlign
+from .registry import register
 
 
-def _resnet50_fpn(fpn_channels: int, weights: str | None) -> BackboneWithFPN:
-    # Trained from scratch, BatchNorm learns; with ImageNet weights it is frozen (as in the paper).
-    body = resnet50(weights=None, norm_layer=FrozenBatchNorm2d if weights else nn.BatchNorm2d)
-    if weights:
-        _load_backbone_weights(body, weights)
-    return_layers = {f"layer{k}": str(k - 1) for k in range(1, 5)}
-    return BackboneWithFPN(body, return_layers, [256, 512, 1024, 2048], fpn_channels,
-                           extra_blocks=LastLevelMaxPool())
+class PixelsegMaskRCNN(SavesPretrained, MaskRCNN):
+    """torchvision's ``MaskRCNN`` (same modules, same state-dict keys) with ``save_pretrained``."""
 
-
-def _mobilenet_v3_fpn(fpn_channels: int, weights: str | None, width_mult: float) -> BackboneWithFPN:
-    body = mobilenet_v3_large(weights=None, width_mult=width_mult).features
-    if weights:
-        _load_backbone_weights(body, weights)
-    channels = [_out_channels(body[tap]) for tap in _MOBILENET_TAPS]
-    return_layers = {str(tap): str(level) for level, tap in enumerate(_MOBILENET_TAPS)}
-    return BackboneWithFPN(body, return_layers, channels, fpn_channels, extra_blocks=LastLevelMaxPool())
-
-
-def _out_channels(block: nn.Module) -> int:
-    return [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-
-
-def feature_pyramid(backbone: str, fpn_channels: int, weights: str | None = None,
-                    width_mult: float = 1.0) -> BackboneWithFPN:
-    """The backbone with its FPN: levels "0"-"3" (strides 4-32) and "pool" (stride 64)."""
-    if backbone not in BACKBONES:
-        raise PixelsegError(f"unknown Mask R-CNN backbone '{backbone}' (choose from {', '.join(BACKBONES)})")
-    if backbone == "resnet50":
-        return _resnet50_fpn(fpn_channels, weights)
-    return _mobilenet_v3_fpn(fpn_channels, weights, width_mult)
-
-
-def pyramid_anchors(sizes: list[int]) -> AnchorGenerator:
-    """One anchor size per pyramid level (P2-P6), aspect ratios 0.5, 1 and 2."""
-    if len(sizes) != len(PYRAMID_LEVELS) + 1:
-        raise PixelsegError(f"anchor_sizes needs one size per level (P2-P6: 5), got {sizes}")
-    return AnchorGenerator(tuple((size,) for size in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
+    class_names: list[str]
 
 
 def check_detector_keywords(keywords: dict[str, Any]) -> None:
@@ -122,9 +76,8 @@ def build_mask_rcnn(
     anchor_sizes: list[int] | None = None,
     min_size: int = 800,
     max_size: int = 1333,
-    class_names: list[str] | None = None,
     **detector_kwargs: Any,
-) -> MaskRCNN:
+) -> PixelsegMaskRCNN:
     """Mask R-CNN with ``num_classes`` classes including background.
 
     The defaults build the paper's ResNet-50-FPN configuration (torchvision's hyper-parameters:
@@ -140,7 +93,7 @@ def build_mask_rcnn(
     anchors = pyramid_anchors(sizes)
     box_pool = MultiLevelRoIAlign(PYRAMID_LEVELS, 7, sampling_ratio, implementation=roi_align_impl)
     mask_pool = MultiLevelRoIAlign(PYRAMID_LEVELS, 14, sampling_ratio, implementation=roi_align_impl)
-    model = MaskRCNN(
+    model = PixelsegMaskRCNN(
         features,
         min_size=min_size,
         max_size=max_size,
@@ -153,73 +106,14 @@ def build_mask_rcnn(
         mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes),
         **detector_kwargs,
     )
-    model.pixelseg_config = {
-        "task": "instance", "name": "mask_rcnn", "num_classes": num_classes,
-        "class_names": class_names or ["background"] + [f"class_{k}" for k in range(1, num_classes)],
-        "kwargs": {"backbone": backbone, "width_mult": width_mult, "fpn_channels": fpn_channels,
-                   "representation_size": representation_size, "mask_head_channels": mask_head_channels,
-                   "roi_align_impl": roi_align_impl, "sampling_ratio": sampling_ratio,
-                   "anchor_sizes": list(sizes), "min_size": min_size, "max_size": max_size,
-                   **detector_kwargs},
-    }
     return model
 
 
-def build_from_config(config: dict[str, Any]) -> MaskRCNN:
-    """Rebuild a model from its ``config.json`` record (see :func:`save_instance_model`)."""
-    model = build_mask_rcnn(config["num_classes"], class_names=config.get("class_names"), **config["kwargs"])
-    if "category_ids" in config:
-        model.pixelseg_config["category_ids"] = list(config["category_ids"])
-    return model
-
-
-def save_instance_model(model: MaskRCNN, directory: str | Path) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` atomically."""
-    from ..io.checkpoint import atomic_write_bytes, save_state_dict_atomic
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_state_dict_atomic(model.state_dict(), directory / "model.safetensors")
-    atomic_write_bytes(directory / "config.json", json.dumps(model.pixelseg_config, indent=2).encode())
-    return directory
-
-
-def find_instance_model(path: str | Path) -> Path | None:
-    """The saved instance model at ``path``: the folder itself or a run folder's ``model/``, when its
-    ``config.json`` says ``"task": "instance"``; None otherwise (the main CLI then treats ``path`` as a
-    semantic model)."""
-    path = Path(path)
-    for candidate in (path, path / "model"):
-        config_path = candidate / "config.json"
-        if not config_path.is_file():
-            continue
-        try:
-            config = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            return None
-        if isinstance(config, dict) and config.get("task") == "instance":
-            return candidate
-    return None
-
-
-def load_instance_model(directory: str | Path) -> MaskRCNN:
-    """Rebuild a model saved by :func:`save_instance_model`: config first, then weights. No pickle."""
-    from ..io.checkpoint import load_state_dict
-
-    directory = Path(directory)
-    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise PixelsegError("not a saved instance model: file is missing", path)
-    try:
-        config = json.loads(config_path.read_text())
-        if config.get("task") != "instance" or config.get("name") != "mask_rcnn":
-            raise KeyError("task/name")
-        model = build_from_config(config)
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise PixelsegError(f"not a Mask R-CNN config ({err})", config_path) from None
-    try:
-        model.load_state_dict(load_state_dict(weights_path))
-    except RuntimeError as err:
-        raise PixelsegError(f"weights do not fit the config ({str(err).splitlines()[0]})", weights_path) from None
+@register("mask_rcnn", paper="He, Gkioxari, Dollár & Girshick, Mask R-CNN, ICCV 2017, arXiv:1703.06870")
+def mask_rcnn(num_classes: int, in_channels: int = 3, *, class_names: list[str] | None = None,
+              **kwargs: Any) -> PixelsegMaskRCNN:
+    """Mask R-CNN (``build_mask_rcnn``'s keywords); ``class_names`` (background first) name the labels."""
+    check_rgb(in_channels, "mask_rcnn")
+    model = build_mask_rcnn(num_classes, **kwargs)
+    model.class_names = class_names_or_default(class_names, num_classes)
     return model

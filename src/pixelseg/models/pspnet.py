@@ -16,21 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .base import SegmentationModel, SegmentationOutput
-from .context import ClassifierHead, PyramidPoolingModule
-from .deeplab_v3 import atrous_encoder
+from .encoders.atrous import atrous_encoder
+from .modules.context import ClassifierHead
+from .modules.heads import PSPHead
 from .registry import register
-
-
-class PSPHead(nn.Sequential):
-    """Pyramid pooling module → 3x3 conv-BN-ReLU (512) → dropout 0.1 → 1x1 classifier."""
-
-    def __init__(self, in_channels: int, num_classes: int, bins: Sequence[int] = (1, 2, 3, 6),
-                 channels: int = 512, dropout: float = 0.1) -> None:
-        pyramid = PyramidPoolingModule(in_channels, bins)
-        super().__init__(pyramid, ClassifierHead(pyramid.out_channels, num_classes, channels, dropout))
 
 
 class PSPNet(SegmentationModel):

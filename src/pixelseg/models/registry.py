@@ -1,8 +1,10 @@
 """The one model registry: ``@register`` a builder, ``create_model`` builds by name.
 
 Every registered builder takes ``num_classes`` and ``in_channels`` and any keyword arguments of its own;
-``create_model`` records the call on the model so that ``save_pretrained`` can write it out and
-``from_pretrained`` can rebuild exactly the same network.
+``create_model`` records the call on the model (``model.pixelseg_config``) so that ``save_pretrained``
+can write it out and ``from_pretrained`` can rebuild exactly the same network. Saving and loading live
+in ``models.pretrained``; ``from_pretrained``, ``save_pretrained`` and ``config_of`` are re-exported
+here lazily (the registry itself reads and writes no files).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -84,50 +85,6 @@ def create_model(
     return model
 
 
-def config_of(model: nn.Module) -> dict[str, Any]:
-    config = getattr(model, "pixelseg_config", None)
-    if config is None:
-        raise PixelsegError("this model was not built by pixelseg.create_model; its config is unknown")
-    return config
-
-
-def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically, file by file)."""
-    from ..io.checkpoint import atomic_write_bytes, save_state_dict_atomic
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_state_dict_atomic(model.state_dict(), directory / "model.safetensors")
-    atomic_write_bytes(directory / "config.json", json.dumps(config_of(model), indent=2).encode())
-    return directory
-
-
-def from_pretrained(directory: str | Path, *, map_location: str = "cpu") -> nn.Module:
-    """Rebuild a model saved with ``save_pretrained``: its config, then its weights. No pickle."""
-    from ..io.checkpoint import load_state_dict
-
-    directory = Path(directory)
-    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise PixelsegError("not a saved model: file is missing", path)
-    try:
-        config = json.loads(config_path.read_text())
-        name, num_classes = config["name"], config["num_classes"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise PixelsegError(f"unreadable model config ({err})", config_path) from None
-    model = create_model(name, num_classes=num_classes, in_channels=config.get("in_channels", 3),
-                         encoder=config.get("encoder"), **config.get("kwargs", {}))
-    # Extra sections (e.g. the training data's classes and normalisation) travel with the model.
-    model.pixelseg_config.update({k: v for k, v in config.items() if k not in model.pixelseg_config})
-    state = load_state_dict(weights_path, map_location=map_location)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise PixelsegError(f"weights do not fit model '{name}': missing {missing[:3]}, unexpected "
-                            f"{unexpected[:3]}", weights_path)
-    return model
-
-
 def _jsonable(kwargs: dict[str, Any], name: str) -> dict[str, Any]:
     try:
         json.dumps(kwargs)
@@ -145,3 +102,4 @@ def _import_all() -> None:
     if not _IMPORTED:
         _IMPORTED = True
         from . import _all  # noqa: F401
+

@@ -14,125 +14,19 @@ redundant before batch norm; we leave it out, 7,936 fewer parameters).
 
 ``encoder_weights`` loads timm's ImageNet ``vgg16_bn`` (``"imagenet"``) or a local safetensors file with
 its state dict (at least the ``features.*`` tensors). ``upsampling`` swaps max-unpooling for any
-operator of ``pixelseg.models.upsampling``. Inputs of any size are zero-padded to a multiple of 32 and
+operator of ``pixelseg.models.modules.upsampling``. Inputs of any size are zero-padded to a multiple of 32 and
 the output is cropped back.
-
-This file also holds ``VGGEncoder``, the VGG convolution stages shared by DeconvNet and TernausNet.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-
-import torch
 from torch import Tensor, nn
 
-from ..errors import PixelsegError
 from .base import SegmentationModel
-from .blocks import ConvBnAct, crop_to, pad_to_multiple
-from .encoders import create_timm, is_local_weights
+from .encoders.vgg import VGG16_STAGE_DEPTHS, vgg16
+from .modules.blocks import ConvBnAct, crop_to, pad_to_multiple
+from .modules.upsampling import check_upsampling, make_upsample
 from .registry import register
-from .upsampling import check_upsampling, make_upsample
-
-VGG16_STAGE_DEPTHS = (2, 2, 3, 3, 3)  # convolutions per stage: 13 in all
-VGG11_STAGE_DEPTHS = (1, 1, 2, 2, 2)  # 8 in all
-VGG_WIDTH_MULTIPLIERS = (1, 2, 4, 8, 8)
-
-
-class VGGEncoder(nn.Module):
-    """VGG's convolution stages without the fully connected layers.
-
-    ``forward`` returns, for each of the five stages, its feature map before pooling, after the 2x2
-    max-pooling, and the pooling indices: ``(features, pooled, indices)``.
-    """
-
-    def __init__(self, stage_depths: Sequence[int], in_channels: int = 3, *, base_channels: int = 64,
-                 batch_norm: bool = True) -> None:
-        super().__init__()
-        self.in_channels, self.batch_norm = in_channels, batch_norm
-        self.widths = tuple(base_channels * m for m in VGG_WIDTH_MULTIPLIERS)
-        stages, channels = [], in_channels
-        for depth, width in zip(stage_depths, self.widths, strict=True):
-            layers = []
-            for _ in range(depth):
-                layers.append(ConvBnAct(channels, width, 3, batch_norm=batch_norm))
-                channels = width
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.ModuleList(stages)
-        self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
-
-    def forward(self, x: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
-        outputs = []
-        for stage in self.stages:
-            features = stage(x)
-            x, indices = self.pool(features)
-            outputs.append((features, x, indices))
-        return outputs
-
-    def conv_bn_pairs(self) -> list[tuple[nn.Conv2d, nn.BatchNorm2d | None]]:
-        return [(block[0], block[1] if self.batch_norm else None) for stage in self.stages for block in stage]
-
-    def load_timm_vgg(self, timm_name: str, weights: str) -> dict[str, Tensor]:
-        """Copy the convolutions (and batch norms) of timm's ``timm_name`` into this encoder.
-
-        Returns the whole source state dict so that a caller can take more from it (fc6/fc7).
-        A source conv bias in front of our bias-free conv + batch norm is folded into the running mean.
-        """
-        state = timm_vgg_state(timm_name, weights, self.in_channels)
-        convs, norms = _timm_vgg_layers(state)
-        targets = self.conv_bn_pairs()
-        if len(convs) != len(targets):
-            raise PixelsegError(f"'{timm_name}' weights have {len(convs)} convolutions, the encoder has "
-                                f"{len(targets)}", weights)
-        if not (self.batch_norm and len(norms) == len(targets)):
-            norms = [None] * len(targets)  # plain VGG weights: batch norm (if any) starts fresh
-        with torch.no_grad():
-            for conv_key, bn_key, (conv, bn) in zip(convs, norms, targets, strict=True):
-                copy_checked(conv.weight, state[f"{conv_key}.weight"], weights, conv_key)
-                bias = state.get(f"{conv_key}.bias")
-                if conv.bias is not None and bias is not None:
-                    copy_checked(conv.bias, bias, weights, conv_key)
-                if bn is not None and bn_key is not None:
-                    for name in ("weight", "bias", "running_mean", "running_var"):
-                        copy_checked(getattr(bn, name), state[f"{bn_key}.{name}"], weights, bn_key)
-                    if conv.bias is None and bias is not None:
-                        bn.running_mean -= bias  # BN(Wx + b) with mean m equals BN(Wx) with mean m - b
-        return state
-
-
-def timm_vgg_state(timm_name: str, weights: str, in_channels: int) -> dict[str, Tensor]:
-    """The state dict of timm's ``timm_name`` from a local safetensors file or a timm pretrained tag."""
-    if is_local_weights(weights):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        from timm.models import adapt_input_conv
-
-        try:
-            state = load_file(str(weights))
-        except (SafetensorError, OSError) as err:
-            raise PixelsegError(f"cannot read encoder weights ({err})", weights) from None
-        if "features.0.weight" not in state:
-            raise PixelsegError(f"not a timm '{timm_name}' state dict (no 'features.0.weight')", weights)
-        if state["features.0.weight"].shape[1] != in_channels:
-            state["features.0.weight"] = adapt_input_conv(in_channels, state["features.0.weight"])
-        return state
-    return create_timm(timm_name, in_channels=in_channels, weights=weights).state_dict()
-
-
-def _timm_vgg_layers(state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
-    """Keys of timm's ``features.N`` convolutions and batch norms, in network order."""
-    indices = sorted({int(m.group(1)) for k in state if (m := re.match(r"features\.(\d+)\.weight$", k))})
-    convs = [f"features.{i}" for i in indices if state[f"features.{i}.weight"].ndim == 4]
-    norms = [f"features.{i}" for i in indices if f"features.{i}.running_mean" in state]
-    return convs, norms
-
-
-def copy_checked(target: Tensor, source: Tensor, weights: str, key: str) -> None:
-    if target.shape != source.shape:
-        raise PixelsegError(f"'{key}' has shape {tuple(source.shape)}, the model expects "
-                            f"{tuple(target.shape)}", weights)
-    target.copy_(source)
 
 
 class SegNet(SegmentationModel):
@@ -142,7 +36,7 @@ class SegNet(SegmentationModel):
                  upsampling: str = "max_unpool", encoder_weights: str | None = None) -> None:
         super().__init__()
         self.stride = 2 ** len(VGG16_STAGE_DEPTHS)
-        self.encoder = VGGEncoder(VGG16_STAGE_DEPTHS, in_channels, base_channels=base_channels)
+        self.encoder = vgg16(in_channels, base_channels=base_channels)
         if encoder_weights is not None:
             self.encoder.load_timm_vgg("vgg16_bn", encoder_weights)
         widths = self.encoder.widths

@@ -15,7 +15,7 @@ for 3 input channels and one output.
 
 ``encoder_weights`` loads timm's ImageNet ``vgg11`` (``"imagenet"`` or a local safetensors file with its
 state dict). ``upsampling`` swaps the transposed convolutions for any operator of
-``pixelseg.models.upsampling`` but ``max_unpool``. Any input size is zero-padded to a multiple of 32 and
+``pixelseg.models.modules.upsampling`` but ``max_unpool``. Any input size is zero-padded to a multiple of 32 and
 the output cropped back.
 """
 
@@ -26,10 +26,10 @@ from torch import Tensor, nn
 
 from ..errors import PixelsegError
 from .base import SegmentationModel
-from .blocks import ConvBnAct, crop_to, pad_to_multiple
+from .encoders.vgg import VGG11_STAGE_DEPTHS, vgg11
+from .modules.blocks import ConvBnAct, crop_to, pad_to_multiple
+from .modules.upsampling import check_upsampling, make_upsample
 from .registry import register
-from .segnet import VGG11_STAGE_DEPTHS, VGGEncoder
-from .upsampling import check_upsampling, make_upsample
 
 
 class DecoderBlock(nn.Module):
@@ -56,8 +56,7 @@ class TernausNet(SegmentationModel):
         if check_upsampling(upsampling) == "max_unpool":
             raise PixelsegError("TernausNet cannot use max_unpool: its decoder maps have no pooling indices")
         self.stride = 2 ** len(VGG11_STAGE_DEPTHS)
-        self.encoder = VGGEncoder(VGG11_STAGE_DEPTHS, in_channels, base_channels=base_channels,
-                                  batch_norm=False)
+        self.encoder = vgg11(in_channels, base_channels=base_channels)
         if encoder_weights is not None:
             self.encoder.load_timm_vgg("vgg11", encoder_weights)
         skips = self.encoder.widths  # 64, 128, 256, 512, 512

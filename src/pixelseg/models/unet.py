@@ -8,7 +8,7 @@ convolution maps the 64 channels to the classes. With valid convolutions a 572x5
 
 ``padding="same"`` keeps the output the size of the input; ``encoder="resnet34"`` (any timm name) swaps
 the contracting path for a timm backbone with the same U-shaped decoder. ``upsampling`` replaces the 2x2
-up-convolution with another operator of ``models.upsampling`` (nearest, bed_of_nails, bilinear,
+up-convolution with another operator of ``models.modules.upsampling`` (nearest, bed_of_nails, bilinear,
 resize_conv; the parameter-free ones followed by a 1x1 convolution that halves the channels).
 """
 
@@ -22,10 +22,10 @@ from torch import Tensor, nn
 
 from ..errors import PixelsegError
 from .base import SegmentationModel
-from .blocks import center_crop_to, crop_to, pad_to_multiple
-from .encoders import TimmEncoder
+from .encoders.timm import TimmEncoder
+from .modules.blocks import center_crop_to, crop_to, pad_to_multiple
+from .modules.upsampling import check_upsampling, make_upsample
 from .registry import register
-from .upsampling import check_upsampling, make_upsample
 
 
 class DoubleConv(nn.Sequential):

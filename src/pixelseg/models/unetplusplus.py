@@ -14,7 +14,7 @@ computed and the head of ``X[0, d]`` gives the output: exactly the sub-network U
 
 Configuration as in the authors' Keras code: filters (32, 64, 128, 256, 512); a block is two 3x3
 convolutions with ReLU, each followed by dropout 0.5; upsampling by 2x2 transposed convolutions
-(``upsampling=`` takes any operator of ``pixelseg.models.upsampling`` but ``max_unpool``). For one input
+(``upsampling=`` takes any operator of ``pixelseg.models.modules.upsampling`` but ``max_unpool``). For one input
 channel and one output it has 9,041,700 parameters with its four heads (the paper: 9.04M).
 
 ``unet_baseline_zhou`` builds the paper's U-Net baseline with the same blocks and filters (only
@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from ..errors import PixelsegError
 from .base import SegmentationModel, SegmentationOutput
-from .blocks import crop_to, pad_to_multiple
+from .modules.blocks import crop_to, pad_to_multiple
+from .modules.upsampling import check_upsampling, make_upsample
 from .registry import register
-from .upsampling import check_upsampling, make_upsample
 
 
 class ConvBlock(nn.Sequential):

@@ -16,7 +16,7 @@ forwarded from the left"), and stages of 3, 3, 2, 1 convolutions at 256, 128, 64
 residual. The output block of the authors' prototxt follows: a 5x5x5 convolution to the classes with
 PReLU, then a 1x1x1 convolution (class scores; softmax in the loss). PReLU non-linearities throughout (one
 slope per channel, Caffe's default). ``upsampling`` swaps the 2x2x2 up-convolution for another operator of
-``models.upsampling`` in its 3D form (nearest, bed_of_nails, bilinear = trilinear, resize_conv; V-Net
+``models.modules.upsampling`` in its 3D form (nearest, bed_of_nails, bilinear = trilinear, resize_conv; V-Net
 downsamples with strided convolutions, so there are no pooling indices for max-unpooling). The conv counts per stage are the paper's (Fig. 2); the released
 prototxt uses fewer (1, 1, 2, 3, 3 down and 3, 2, 1, 1 up), available through ``down_convs``/``up_convs``. The paper uses no batch normalisation; ``batch_norm=True`` adds it
 after every convolution (as MONAI's and other ports do). Volumes are padded to a multiple of 16 in
@@ -34,9 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from .base import SegmentationModel
-from .blocks import pad_to_multiple
+from .modules.blocks import pad_to_multiple
+from .modules.upsampling import check_upsampling, make_upsample
 from .registry import register
-from .upsampling import check_upsampling, make_upsample
 
 VNET_CHANNELS = (16, 32, 64, 128, 256)
 VNET_DOWN_CONVS = (1, 2, 3, 3, 3)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .dense_crf import GaussianKernel, bilateral_features, spatial_kernel
+from .dense_crf import IMAGENET_MEAN, IMAGENET_STD, GaussianKernel, bilateral_features, spatial_kernel
 
 
 class CRFasRNN(nn.Module):
@@ -64,8 +64,8 @@ class WithCRFasRNN(nn.Module):
     the 0..255 colours the appearance kernel works on.
     """
 
-    def __init__(self, model: nn.Module, num_classes: int, mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 std: Sequence[float] = (0.229, 0.224, 0.225), **crf_options: float) -> None:
+    def __init__(self, model: nn.Module, num_classes: int, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, **crf_options: float) -> None:
         super().__init__()
         self.model = model
         self.crf = CRFasRNN(num_classes, **crf_options)  # type: ignore[arg-type]

@@ -179,6 +179,39 @@ def unary_from_probabilities(probabilities: Tensor, clip: float = 1e-5) -> Tenso
     return -torch.log(probabilities.clamp(min=clip))
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DenseCRFRefiner:
+    """A batched ``(image, logits) -> log-marginals`` post-processing step (DeepLab v1/v2's CRF).
+
+    The network sees normalised images; the appearance kernel needs the RGB values, so the image is
+    un-normalised with ``mean``/``std`` (by default the ImageNet statistics of pixelseg's pipelines) back
+    to 0-255. The unaries are ``-log softmax(logits)``; the result is ``log`` of the CRF marginals, so it
+    can stand wherever logits are expected (argmax, softmax, the metrics).
+    """
+
+    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 config: DenseCRFConfig | None = None) -> None:
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.config = config or DenseCRFConfig()
+
+    def __call__(self, image: Tensor, logits: Tensor) -> Tensor:
+        """``image`` (B, 3, H, W) normalised, ``logits`` (B, K, H, W) -> log-marginals (B, K, H, W)."""
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"the dense CRF needs (B, 3, H, W) RGB images, got shape {tuple(image.shape)}")
+        mean = torch.tensor(self.mean, device=image.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=image.device).view(3, 1, 1)
+        refined = []
+        for picture, scores in zip(image, logits, strict=True):
+            rgb = ((picture * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
+            unary = unary_from_probabilities(torch.softmax(scores.float(), dim=0))
+            marginals = dense_crf(unary, rgb, self.config)
+            refined.append(torch.log(marginals.clamp(min=1e-8)).to(logits.dtype))
+        return torch.stack(refined)
+
+
 def refine_logits(logits: Tensor, image: Tensor | np.ndarray, config: DenseCRFConfig | None = None) -> Tensor:
     """Dense-CRF post-processing of one network output: logits (K, H, W) -> labels (H, W).
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import timm
 from torch import Tensor, nn
 
-from ..errors import PixelsegError, closest
+from ...errors import PixelsegError, closest
 
 
 def is_local_weights(weights: str | None) -> bool:

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import PixelsegError, closest
+from ...errors import PixelsegError, closest
 
 UpsampleKind = Literal["nearest", "bed_of_nails", "bilinear", "max_unpool", "transposed", "resize_conv"]
 UPSAMPLING_KINDS: tuple[str, ...] = ("nearest", "bed_of_nails", "bilinear", "max_unpool", "transposed",

@@ -11,6 +11,8 @@
 - ``JointPyramidUpsampling``: FastFCN's JPU (Wu et al., 2019, arXiv:1903.11816): the last three stages of
   an undilated backbone brought to stride 8 and mixed by separable convolutions at dilations 1, 2, 4, 8,
   which stands in for the dilated convolutions of the backbone.
+- ``set_aspp_rates`` and ``scaled_rates``: the ASPP rates at another output stride (DeepLab v3 and v3+
+  train at 16 and evaluate at 8 with doubled rates).
 - ``ClassifierHead``: 3x3 conv-BN-ReLU, dropout, 1x1 classifier — PSPNet's final head, and the auxiliary
   head that deep supervision puts on an intermediate stage.
 """
@@ -112,6 +114,19 @@ class AtrousSpatialPyramidPooling(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fuse(torch.cat([branch(x) for branch in self.branches], dim=1))
+
+
+def scaled_rates(rates: Sequence[int], output_stride: int) -> tuple[int, ...]:
+    """The ASPP rates are given at output stride 16; at output stride 8 they double."""
+    return tuple(rate * 16 // output_stride for rate in rates)
+
+
+def set_aspp_rates(aspp: AtrousSpatialPyramidPooling, rates: Sequence[int]) -> None:
+    """Change the dilation of the ASPP's atrous branches in place (their weights do not depend on it)."""
+    for branch, rate in zip(aspp.branches[1:1 + len(aspp.rates)], rates, strict=True):
+        atrous_conv = branch[0]
+        atrous_conv.dilation, atrous_conv.padding = (rate, rate), (rate, rate)
+    aspp.rates = tuple(rates)
 
 
 class PyramidPoolingModule(nn.Module):

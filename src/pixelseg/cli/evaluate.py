@@ -1,0 +1,59 @@
+"""``pixelseg evaluate RUN_OR_MODEL``: the task's scores on a split of the model's dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from .base import friendly, out
+
+
+def print_scores(scores: dict[str, Any]) -> None:
+    """Per-class table and means for pixel scores; one line per figure for the others (e.g. COCO AP)."""
+    title = f"{scores['model']} on {scores['split']} ({scores['images']} images)"
+    if "iou_per_class" in scores:
+        table = Table(title=title)
+        for column in ("class", "IoU", "Dice", "accuracy"):
+            table.add_column(column, justify="right" if column != "class" else "left")
+        for name, iou, dice, acc in zip(scores["classes"], scores["iou_per_class"], scores["dice_per_class"],
+                                        scores["accuracy_per_class"], strict=True):
+            table.add_row(name, f"{iou:.4f}", f"{dice:.4f}", f"{acc:.4f}")
+        out.print(table)
+        for key in ("pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "frequency_weighted_iou", "mean_dice"):
+            out.print(f"{key:>24}: {scores[key]:.4f}")
+        return
+    out.print(title)
+    skip = {"model", "task", "split", "images", "classes", "tta"}
+    for key, value in scores.items():
+        if key not in skip and isinstance(value, float):
+            out.print(f"{key:>24}: {value:.4f}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @friendly
+    def evaluate(model: Annotated[Path, typer.Argument(help="model directory or run directory")],
+                 split: Annotated[str | None, typer.Option(help="dataset split (default: validation)")] = None,
+                 data_root: Annotated[str | None, typer.Option(help="dataset root, if it moved")] = None,
+                 out_json: Annotated[Path | None, typer.Option("--out", help="write the scores as JSON")] = None,
+                 tta_scales: Annotated[str | None, typer.Option(
+                     help="test-time scales whose logits are averaged, e.g. '0.75,1,1.25' or '0.75 1 1.25'")] = None,
+                 tta_flip: Annotated[bool, typer.Option(help="also average the left-right flipped image")] = False,
+                 device: str = "cpu") -> None:
+        """Score a saved model on its dataset: PA, MPA, IoU/mIoU, fwIoU, Dice (semantic, volumetric) or COCO
+        box and mask AP (instance); optionally with TTA."""
+        from ..engine.evaluate import evaluate as run_evaluation
+        from ..engine.evaluate import write_report
+        from ..inference.tta import parse_scales
+
+        overrides = {"root": data_root} if data_root else None
+        scales = parse_scales(tta_scales) if tta_scales is not None else None
+        scores = run_evaluation(model, split=split, data_overrides=overrides, device=device, tta_scales=scales,
+                                tta_flip=tta_flip)
+        print_scores(scores)
+        if out_json is not None:
+            write_report(scores, out_json)
+            out.print(f"scores written to {out_json}")

@@ -1,0 +1,86 @@
+"""The detection trunk that Mask R-CNN and its keypoint head share (He et al., 2017, arXiv:1703.06870).
+
+A backbone with a Feature Pyramid Network (Lin et al., CVPR 2017, arXiv:1612.03144): levels "0"-"3"
+(strides 4-32) plus "pool" (stride 64, for the RPN), and one anchor size per level. ``"resnet50"`` is
+the paper's ResNet-50-FPN; ``"mobilenet_v3_large"`` a light variant (Howard et al., 2019,
+arXiv:1905.02244) tapped at the last block of each resolution.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models import mobilenet_v3_large, resnet50
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from ...errors import PixelsegError
+
+BACKBONES = ("resnet50", "mobilenet_v3_large")
+PYRAMID_LEVELS = ["0", "1", "2", "3"]
+# MobileNetV3-Large blocks that end each resolution (strides 4, 8, 16 and 32).
+_MOBILENET_TAPS = [3, 6, 12, 16]
+
+
+def _load_backbone_weights(module: nn.Module, path: str) -> None:
+    from ...io.checkpoint import load_state_dict
+
+    state = load_state_dict(path)
+    missing, _ = module.load_state_dict(state, strict=False)
+    if len(missing) == len(module.state_dict()):
+        raise PixelsegError("no backbone weight matched the backbone's parameter names", path)
+
+
+def _resnet50_fpn(fpn_channels: int, weights: str | None) -> BackboneWithFPN:
+    # Trained from scratch, BatchNorm learns; with ImageNet weights it is frozen (as in the paper).
+    body = resnet50(weights=None, norm_layer=FrozenBatchNorm2d if weights else nn.BatchNorm2d)
+    if weights:
+        _load_backbone_weights(body, weights)
+    return_layers = {f"layer{k}": str(k - 1) for k in range(1, 5)}
+    return BackboneWithFPN(body, return_layers, [256, 512, 1024, 2048], fpn_channels,
+                           extra_blocks=LastLevelMaxPool())
+
+
+def _mobilenet_v3_fpn(fpn_channels: int, weights: str | None, width_mult: float) -> BackboneWithFPN:
+    body = mobilenet_v3_large(weights=None, width_mult=width_mult).features
+    if weights:
+        _load_backbone_weights(body, weights)
+    channels = [_out_channels(body[tap]) for tap in _MOBILENET_TAPS]
+    return_layers = {str(tap): str(level) for level, tap in enumerate(_MOBILENET_TAPS)}
+    return BackboneWithFPN(body, return_layers, channels, fpn_channels, extra_blocks=LastLevelMaxPool())
+
+
+def _out_channels(block: nn.Module) -> int:
+    return [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+
+def feature_pyramid(backbone: str, fpn_channels: int, weights: str | None = None,
+                    width_mult: float = 1.0) -> BackboneWithFPN:
+    """The backbone with its FPN: levels "0"-"3" (strides 4-32) and "pool" (stride 64)."""
+    if backbone not in BACKBONES:
+        raise PixelsegError(f"unknown Mask R-CNN backbone '{backbone}' (choose from {', '.join(BACKBONES)})")
+    if backbone == "resnet50":
+        return _resnet50_fpn(fpn_channels, weights)
+    return _mobilenet_v3_fpn(fpn_channels, weights, width_mult)
+
+
+def pyramid_anchors(sizes: list[int]) -> AnchorGenerator:
+    """One anchor size per pyramid level (P2-P6), aspect ratios 0.5, 1 and 2."""
+    if len(sizes) != len(PYRAMID_LEVELS) + 1:
+        raise PixelsegError(f"anchor_sizes needs one size per level (P2-P6: 5), got {sizes}")
+    return AnchorGenerator(tuple((size,) for size in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
+
+
+def check_rgb(in_channels: int, name: str) -> None:
+    """The detectors normalise three channels (torchvision's ``GeneralizedRCNNTransform``)."""
+    if in_channels != 3:
+        raise PixelsegError(f"model '{name}' takes RGB images (in_channels=3), not {in_channels} channels")
+
+
+def class_names_or_default(class_names: list[str] | None, num_classes: int) -> list[str]:
+    """``class_names`` (background first), or ``background, class_1, ...`` when none are given."""
+    names = list(class_names) if class_names else ["background"] + [f"class_{k}" for k in range(1, num_classes)]
+    if len(names) != num_classes:
+        raise PixelsegError(f"{len(names)} class names for {num_classes} classes (background included)")
+    return names

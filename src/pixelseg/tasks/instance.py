@@ -1,0 +1,166 @@
+"""Instance segmentation: a mask, a class and a score for every object (Mask R-CNN: He, Gkioxari, Dollár &
+Girshick, ICCV 2017, arXiv:1703.06870).
+
+Data come in torchvision's detection format (an image tensor and a target dict per image). The loss is the
+sum of the detector's own losses (RPN, box, class, mask) — the data flip training images left to right
+(``data.hflip``, ``pixelseg.data.instances.RandomFlipInstances``) — and BatchNorm statistics are recomputed before each validation
+(:func:`recompute_batchnorm_statistics`). Scores: COCO box and mask AP, AP50, AP75 by pycocotools.
+Prediction writes one overlay per image and, at the end, ``predictions.json`` (COCO results with RLE masks)
+and ``images.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ..data.build import DataBundle, DatasetInfo
+from ..errors import PixelsegError
+from ..io.checkpoint import atomic_write_bytes
+from ..io.images import image_to_tensor, list_images, read_rgb
+from ..io.render import draw_instances, png_bytes
+from ..metrics.coco import CocoEvaluator, detections_to_coco
+from ..models.config import ModelConfig
+from ..models.registry import create_model
+from .base import LossResult, PredictOptions, Predictor, Task, list_inputs, register_task
+
+Target = dict[str, Tensor]
+
+
+@torch.no_grad()
+def recompute_batchnorm_statistics(model: nn.Module, batches: Iterator[tuple[list[Tensor], list[Target]]],
+                                   num_batches: int) -> None:
+    """Precise BatchNorm: set every BN layer's running mean and variance to their average over
+    ``num_batches`` training batches under the current weights (Wu & Johnson, "Rethinking 'Batch' in
+    BatchNorm", 2021, arXiv:2105.07576).
+
+    Trained from scratch with a fast-moving optimiser and small batches, the exponential running
+    averages lag behind the weights so far that eval mode detects nothing; the batch statistics are
+    fine. Only the backbone (with its FPN) holds BatchNorm layers, so only it is run.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or num_batches <= 0:
+        return
+    was_training = model.training
+    momenta = [norm.momentum for norm in norms]
+    model.train()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches below
+    for _ in range(num_batches):
+        batch = next(batches, None)
+        if batch is None:
+            break
+        image_list, _ = model.transform(batch[0])
+        model.backbone(image_list.tensors)
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.train(was_training)
+
+
+@register_task("instance")
+class InstanceTask(Task):
+    name = "instance"
+    monitor = "mask_AP"
+    drop_last = True
+    precise_bn_batches = 50
+
+    def build_model(self, model: ModelConfig, info: DatasetInfo) -> nn.Module:
+        kwargs = dict(model.kwargs)
+        if model.encoder_weights is not None:
+            kwargs.setdefault("backbone_weights", model.encoder_weights)
+        built = create_model(model.name, num_classes=info.num_classes, in_channels=model.in_channels or 3,
+                             class_names=list(info.classes), **kwargs)
+        built.pixelseg_config["category_ids"] = list(info.category_ids or range(info.num_classes))
+        return built
+
+    def loss(self, model: nn.Module, batch: Any, criterion: nn.Module | None, device: torch.device) -> LossResult:
+        images, targets = batch
+        images = [image.to(device) for image in images]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        losses = model(images, targets)
+        return LossResult(sum(losses.values()), parts=losses, count=len(images))
+
+    def evaluator(self, info: DatasetInfo) -> CocoEvaluator:
+        return CocoEvaluator(list(info.classes), list(info.category_ids or range(info.num_classes)))
+
+    def evaluate_batch(self, forward: Callable[[Any], Any], batch: Any, evaluator: CocoEvaluator,
+                       device: torch.device) -> None:
+        images, targets = batch
+        outputs = forward([image.to(device) for image in images])
+        evaluator.update([{k: v.cpu() for k, v in o.items()} for o in outputs], targets)
+
+    def prepare_evaluation(self, model: nn.Module, data: DataBundle, *, seed: int, batches: int,
+                           batch_size: int) -> None:
+        if batches <= 0:
+            return
+        loader = DataLoader(data.train, batch_size=batch_size, shuffle=True,
+                            drop_last=True, collate_fn=data.collate, generator=torch.Generator().manual_seed(seed))
+        recompute_batchnorm_statistics(model, iter(loader), batches)
+
+    def predictor(self, model: nn.Module, model_dir: Path, info: DatasetInfo, options: PredictOptions) -> Predictor:
+        inference = options.inference
+        if options.refine is not None or (inference is not None and (
+                inference.uses_tta or inference.tile is not None or inference.stream or inference.backend != "torch"
+                or inference.optimize or inference.compile)):
+            raise PixelsegError("instance models predict whole images with eager PyTorch: --refine, --tile, "
+                                "--stream, --tta-*, --backend, --optimize and --compile do not apply")
+        if not 0.0 <= options.score_threshold <= 1.0:
+            raise PixelsegError(f"--score-threshold must be in [0, 1], not {options.score_threshold}")
+        return InstancePredictor(model, info, options)
+
+
+class InstancePredictor(Predictor):
+    """``<stem>_instances.png`` per image; ``predictions.json`` (COCO results: bbox x, y, w, h, score, RLE
+    ``segmentation``, plus ``file_name`` and ``category_name``) and ``images.json`` for all of them."""
+
+    def __init__(self, model: nn.Module, info: DatasetInfo, options: PredictOptions,
+                 mask_threshold: float = 0.5) -> None:
+        self.model, self.info, self.device = model.eval(), info, options.device
+        self.score_threshold, self.mask_threshold = options.score_threshold, mask_threshold
+        self.results: list[dict[str, Any]] = []
+        self.images: list[dict[str, Any]] = []
+
+    def list_inputs(self, path: Path) -> list[Path]:
+        return list_inputs(path, list_images, "images")
+
+    def predict_file(self, path: Path, out_dir: Path) -> list[Path]:
+        pixels = read_rgb(path)
+        image_id = len(self.images)
+        with torch.inference_mode():
+            output = {k: v.cpu() for k, v in self.model([image_to_tensor(pixels).to(self.device)])[0].items()}
+        keep = output["scores"] >= self.score_threshold
+        output = {key: value[keep] for key, value in output.items()}
+        classes = list(self.info.classes)
+        category_ids = list(self.info.category_ids or range(len(classes)))
+        for record, label in zip(detections_to_coco(output, image_id, list(range(len(classes))), self.mask_threshold),
+                                 output["labels"].tolist(), strict=True):
+            record["category_id"] = category_ids[label] if label < len(category_ids) else label
+            record["file_name"] = path.name
+            record["category_name"] = classes[label] if label < len(classes) else str(label)
+            self.results.append(record)
+        self.images.append({"id": image_id, "file_name": path.name, "height": pixels.shape[0],
+                            "width": pixels.shape[1]})
+        masks = (output["masks"][:, 0] > self.mask_threshold).numpy()
+        target = out_dir / f"{path.stem}_instances.png"
+        atomic_write_bytes(target, png_bytes(draw_instances(pixels, masks, output["boxes"].numpy())))
+        return [target]
+
+    def finish(self, out_dir: Path) -> list[Path]:
+        predictions, images = out_dir / "predictions.json", out_dir / "images.json"
+        atomic_write_bytes(predictions, json.dumps(self.results).encode())
+        atomic_write_bytes(images, json.dumps(self.images, indent=1).encode())
+        return [predictions, images]
+
+    def summary(self) -> list[str]:
+        counts: dict[str, int] = {}
+        for record in self.results:
+            counts[record["file_name"]] = counts.get(record["file_name"], 0) + 1
+        return [f"{image['file_name']}: {counts.get(image['file_name'], 0)} instance(s)" for image in self.images]
+
