@@ -251,3 +251,16 @@ def test_class_weights_computed_from_the_training_split(tmp_path: Path) -> None:
     np.testing.assert_allclose(loss_terms(config)[0]["class_weights"], expected)
     config = load_config(write_config(tmp_path), ["loss=[{name: cross_entropy, params: {class_weights: median}}]"])
     assert "did you mean 'median_frequency'" in one_line_error(lambda: loss_terms(config))
+
+
+def test_evaluate_overrides_keys_of_the_saved_data_config(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    run_dir = train(load_config(write_config(tmp_path), ["train.epochs=1"]), quiet=True)
+    assert evaluate(run_dir, split="test", data_overrides={"val_samples": 3})["images"] == 3
+    result = CliRunner().invoke(cli.app, ["evaluate", str(run_dir), "--split", "test", "--set", "data.val_samples=2"])
+    assert result.exit_code == 0 and "(2" in result.output and "images)" in result.output, result.output
+    assert "did you mean 'data.val_samples'" in one_line_error(
+        lambda: evaluate(run_dir, data_overrides={"val_sample": 2}))
+    refused = CliRunner().invoke(cli.app, ["evaluate", str(run_dir), "--set", "optim.lr=2"])
+    assert refused.exit_code == 2 and "data.KEY=VALUE" in refused.output

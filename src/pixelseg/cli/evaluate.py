@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .base import friendly, out
+from .base import SetOption, friendly, out
 
 
 def print_scores(scores: dict[str, Any]) -> None:
@@ -32,12 +32,27 @@ def print_scores(scores: dict[str, Any]) -> None:
             out.print(f"{key:>24}: {value:.4f}")
 
 
+def data_overrides(texts: list[str]) -> dict[str, Any]:
+    """``--set data.val_samples=300`` → ``{"val_samples": 300}``: keys of the saved data config only."""
+    from ..errors import PixelsegError
+    from ..io.config import parse_override
+
+    overrides: dict[str, Any] = {}
+    for text in texts:
+        path, value = parse_override(text)
+        if len(path) != 2 or path[0] != "data":
+            raise PixelsegError(f"--set {text}: evaluate overrides keys of the saved data config (data.KEY=VALUE)")
+        overrides[path[1]] = value
+    return overrides
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     @friendly
     def evaluate(model: Annotated[Path, typer.Argument(help="model directory or run directory")],
                  split: Annotated[str | None, typer.Option(help="dataset split (default: validation)")] = None,
                  data_root: Annotated[str | None, typer.Option(help="dataset root, if it moved")] = None,
+                 set_: SetOption = None,
                  out_json: Annotated[Path | None, typer.Option("--out", help="write the scores as JSON")] = None,
                  tta_scales: Annotated[str | None, typer.Option(
                      help="test-time scales whose logits are averaged, e.g. '0.75,1,1.25' or '0.75 1 1.25'")] = None,
@@ -49,7 +64,9 @@ def register(app: typer.Typer) -> None:
         from ..engine.evaluate import write_report
         from ..inference.tta import parse_scales
 
-        overrides = {"root": data_root} if data_root else None
+        overrides = data_overrides(list(set_ or []))
+        if data_root:
+            overrides["root"] = data_root
         scales = parse_scales(tta_scales) if tta_scales is not None else None
         scores = run_evaluation(model, split=split, data_overrides=overrides, device=device, tta_scales=scales,
                                 tta_flip=tta_flip)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,10 +56,9 @@ def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides
     task.check_evaluation_options(tta_scales, tta_flip)
     info = model_info(model, model_dir)
     data_config = saved_data_config(model, model_dir)
-    for key, value in (data_overrides or {}).items():
-        if not hasattr(data_config, key):
-            raise PixelsegError(f"unknown data key '{key}'")
-        setattr(data_config, key, value)
+    if data_overrides:
+        values = {**dataclasses.asdict(data_config), **data_overrides}
+        data_config = build_typed(DataConfig, values, "data")  # unknown keys and bad types refused
     split = split or data_config.val_split
     dataset = build_eval_dataset(data_config, info, split)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_for(data_config))

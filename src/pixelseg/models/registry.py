@@ -3,8 +3,7 @@
 Every registered builder takes ``num_classes`` and ``in_channels`` and any keyword arguments of its own;
 ``create_model`` records the call on the model (``model.pixelseg_config``) so that ``save_pretrained``
 can write it out and ``from_pretrained`` can rebuild exactly the same network. Saving and loading live
-in ``models.pretrained``; ``from_pretrained``, ``save_pretrained`` and ``config_of`` are re-exported
-here lazily (the registry itself reads and writes no files).
+in ``models.pretrained``; the registry maps names to builders and reads or writes no files.
 """
 
 from __future__ import annotations
