@@ -2,7 +2,7 @@
 
 A 360x480 CamVid test image, 11 classes, 5 mean-field iterations, the default kernels (smoothness
 3 px / weight 3, appearance 80 px, 13 levels / weight 10). Unaries come from the small per-pixel
-network of ``tests/test_classical_dense_crf.py`` (colour + position -> 11 classes, trained on CamVid
+network of ``tests/test_refiners_dense_crf.py`` (colour + position -> 11 classes, trained on CamVid
 pixels). Both sides are timed from the unaries and the image to the marginals (lattice building
 included). "cold" rebuilds our smoothness-kernel lattice too; "warm" reuses it, as happens for every
 image after the first of a given size. Label agreement is printed alongside.
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pixelseg.refiners.dense_crf import DenseCRFConfig, dense_crf, spatial_kernel  # noqa: E402
-from tests.test_classical_dense_crf import camvid_unary, pydensecrf_marginals, train_pixel_network  # noqa: E402
+from tests.test_refiners_dense_crf import camvid_unary, pydensecrf_marginals, train_pixel_network  # noqa: E402
 
 
 def seconds(function: Callable[[], object]) -> tuple[np.ndarray, object]:

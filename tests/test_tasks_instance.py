@@ -171,10 +171,10 @@ def test_deprecated_instance_commands_report_bad_input_in_one_line(tmp_path: Pat
 
 
 def make_penn_fudan_folder(root: Path, count: int) -> None:
-    """``count`` tiny images in the Penn-Fudan layout (the first one from test_instance_data)."""
+    """``count`` tiny images in the Penn-Fudan layout (the first one from test_data_instances)."""
     import shutil
 
-    from tests.test_instance_data import make_penn_fudan
+    from tests.test_data_instances import make_penn_fudan
 
     make_penn_fudan(root)
     for index in range(2, count + 1):

@@ -16,7 +16,7 @@ from pixelseg.engine.config import Config, DataConfig, ModelConfig
 from pixelseg.engine.train import build_model_for
 from pixelseg.inference.forward import forward_whole
 from pixelseg.refiners.dense_crf import DenseCRFConfig, unary_from_probabilities
-from tests.test_classical_dense_crf import pydensecrf_marginals
+from tests.test_refiners_dense_crf import pydensecrf_marginals
 
 
 @pytest.fixture
