@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import pixelseg
 from pixelseg import cli
 from pixelseg.errors import PixelsegError
-from pixelseg.inference.export import OPSET, export_onnx, sample_size
+from pixelseg.inference.export import OPSET, export_model_dir, export_onnx, sample_size
 from pixelseg.inference.speedups import fold_batchnorm, optimize_for_inference
 from pixelseg.models.modules.blocks import crop_to, pad_to_multiple
 
@@ -197,3 +197,13 @@ def test_export_command_writes_a_checked_graph_and_refuses_in_one_line(tmp_path:
     result = CliRunner().invoke(cli.app, ["export", str(tmp_path / "model"), "--format", "tflite",
                                           "--out", str(tmp_path / "m.tflite")])
     assert result.exit_code == 2 and "unknown export format 'tflite'" in result.output
+
+
+def test_export_refuses_an_instance_model_before_tracing_it(tmp_path: Path) -> None:
+    model = pixelseg.create_model("mask_rcnn", num_classes=2, backbone="mobilenet_v3_large", width_mult=0.35,
+                                  fpn_channels=8, representation_size=16, mask_head_channels=4)
+    model.pixelseg_config["task"] = "instance"
+    model.save_pretrained(tmp_path / "detector")
+    with pytest.raises(PixelsegError, match="this is an instance model") as caught:
+        export_model_dir(tmp_path / "detector", tmp_path / "detector.onnx")
+    assert "\n" not in str(caught.value) and not (tmp_path / "detector.onnx").exists()

@@ -244,6 +244,10 @@ def export_model_dir(model_path: str | Path, out: str | Path, *, format: str = "
         raise PixelsegError(f"unknown export format '{format}' (supported: {', '.join(FORMATS)})")
     model_dir = resolve_model_dir(model_path)
     model = from_pretrained(model_dir)
+    task = model.pixelseg_config.get("task")
+    if task not in (None, "semantic", "volumetric"):
+        raise PixelsegError(f"export writes image-to-logits graphs of semantic and volumetric models; this is "
+                            f"{'an' if task[0] in 'aeiou' else 'a'} {task} model (its detector returns per-image lists of instances)", model_dir)
     return export_onnx(model, out, in_channels=model.pixelseg_config.get("in_channels", 3), opset=opset,
                        name=model.pixelseg_config.get("name", str(model_dir)))
 
