@@ -219,3 +219,35 @@ def test_penn_fudan_mask_of_another_size_is_a_clear_error(tmp_path: Path):
         InstanceMaskFolder(tmp_path)[0]
     with pytest.raises(PixelsegError, match="folder not found"):
         InstanceMaskFolder(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("file_name", ["../../x.png", "/etc/x.png", "sub/../../x.png", "..\\x.png", "C:\\x.png",
+                                       "", 5])
+def test_coco_file_names_outside_the_image_folder_are_refused_naming_file_and_image(tmp_path: Path, file_name):
+    root = tmp_path / "dataset"
+    root.mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "x.png")  # a real file outside the root, never read
+    path = write_coco(root, [polygon_annotation(1)],
+                      images=[{"id": 7, "file_name": file_name, "width": 40, "height": 30}])
+    with pytest.raises(PixelsegError) as caught:
+        CocoInstances(path, root)
+    message = str(caught.value)
+    assert "\n" not in message and "instances.json" in message and "image 7" in message
+
+
+def test_coco_file_names_in_subfolders_of_the_root_still_read(tmp_path: Path):
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(tmp_path / "sub" / "b.png")
+    path = write_coco(tmp_path, [polygon_annotation(1)],
+                      images=[{"id": 7, "file_name": "sub/b.png", "width": 40, "height": 30}])
+    image, target = CocoInstances(path, tmp_path)[0]
+    assert image.shape == (3, 30, 40) and len(target["labels"]) == 1
+
+
+def test_a_sixteen_bit_instance_mask_keeps_ids_above_255(tmp_path: Path):
+    make_penn_fudan(tmp_path)
+    ids = np.zeros((24, 32), dtype=np.uint16)
+    ids[2:10, 3:8], ids[12:20, 20:30] = 300, 301
+    Image.fromarray(ids).save(tmp_path / "PedMasks" / "FudanPed00001_mask.png")
+    _, target = InstanceMaskFolder(tmp_path)[0]
+    assert target["boxes"].tolist() == [[3, 2, 8, 10], [20, 12, 30, 20]]

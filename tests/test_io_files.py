@@ -54,11 +54,18 @@ def test_read_image_fails_in_one_line_naming_the_file(tmp_path: Path, monkeypatc
     assert "truncated.jpg" in message and "unreadable image" in message
     assert "text.png" in one_line_error(lambda: read_image(tmp_path / "text.png"))
     assert "missing.png" in one_line_error(lambda: read_image(tmp_path / "missing.png"))
-    # Pillow's DecompressionBombError is neither an OSError nor a ValueError.
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)
-    assert not issubclass(Image.DecompressionBombError, OSError | ValueError)
+    # A decompression bomb is refused per file, the limit read from the environment at every read.
+    monkeypatch.setenv("PIXELSEG_MAX_IMAGE_PIXELS", str(64 * 64 - 1))
     message = one_line_error(lambda: read_image(tmp_path / "x.jpg"))
-    assert "x.jpg" in message and "unreadable image" in message
+    assert "x.jpg" in message and "64x64 = 4,096 pixels, over the limit of 4,095" in message
+    monkeypatch.setenv("PIXELSEG_MAX_IMAGE_PIXELS", str(64 * 64))
+    assert read_image(tmp_path / "x.jpg").size == (64, 64)
+    # Pillow's own DecompressionBombError (neither an OSError nor a ValueError) is one line too.
+    assert not issubclass(Image.DecompressionBombError, OSError | ValueError)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # Pillow refuses above 3000, before our check
+    monkeypatch.setenv("PIXELSEG_MAX_IMAGE_PIXELS", "3000")
+    message = one_line_error(lambda: read_image(tmp_path / "x.jpg"))
+    assert "x.jpg" in message and "too large" in message
 
 
 def test_read_image_converts_or_keeps_the_mode(tmp_path: Path) -> None:
@@ -126,3 +133,10 @@ def test_instances_are_drawn_in_distinct_colours_with_their_boxes() -> None:
     picture = np.asarray(draw_instances(image, masks, np.array([[2, 2, 4, 4], [5, 6, 9, 9]]), alpha=1.0))
     assert picture[3, 3].tolist() == list(colours[0]) and picture[7, 6].tolist() == list(colours[1])
     assert picture[0, 0].tolist() == [0, 0, 0]
+
+
+def test_labels_outside_0_255_are_black_in_pictures_and_refused_in_palette_pngs() -> None:
+    labels = np.array([[0, 1, 300, -1]], dtype=np.int64)
+    colours = colorize(labels, [(10, 10, 10), (200, 0, 0)])
+    assert colours.tolist() == [[[10, 10, 10], [200, 0, 0], [0, 0, 0], [0, 0, 0]]]
+    assert "0..255" in one_line_error(lambda: index_png(labels, [(10, 10, 10)]))

@@ -386,7 +386,7 @@ def test_pixelseg_train_trains_vnet_on_volumes_then_evaluates_and_predicts(tmp_p
 
 @pytest.mark.parametrize(("data", "message"), [
     ({"crop_size": 8}, "data.crop_size applies to 2D images"),
-    ({"patch_size": [8, 8]}, "three positive sizes"),
+    ({"patch_size": [8, 8]}, "data.patch_size"),
     ({"name": "shapes", "patch_size": [8, 8, 8]}, "data.patch_size applies to volumes"),
     ({"split_typo": None}, None),
 ])
@@ -397,9 +397,8 @@ def test_volume_configs_refuse_options_of_the_other_dimensionality(tmp_path, dat
         with pytest.raises(TypeError):
             _volume_config(tmp_path, **data)
         return
-    config = _volume_config(tmp_path, **data)
-    with pytest.raises(PixelsegError, match=message):
-        build_data(config.data)
+    with pytest.raises(PixelsegError, match=message):  # at config load (ranges) or at data build (options)
+        build_data(_volume_config(tmp_path, **data).data)
 
 
 def test_predict_refuses_2d_only_options_for_volumetric_models(tmp_path) -> None:

@@ -3,9 +3,10 @@
 The one idea: describe each pixel by its position and colour, (w x, w y, r, g, b) with a spatial
 weight w, and cluster these 5-D points with k-means (Lloyd 1982; k-means++ seeding, Arthur &
 Vassilvitskii 2007): clusters are groups of similar colour that are also close in the image. Clusters
-are then split into connected regions and adjacent regions of similar mean colour are merged greedily
-over the region adjacency graph, closest pair first, until no adjacent pair is closer than a
-threshold.
+are then split into connected regions — so K clusters give more than K regions, often many more — and
+adjacent regions of similar mean colour are merged greedily over the region adjacency graph, closest
+pair first, until no adjacent pair is closer than a threshold or until a target number of regions
+remains (the usual recipe: K = 50…400, then merge).
 
 SLIC (Achanta et al., "SLIC Superpixels Compared to State-of-the-Art Superpixel Methods", PAMI 2012)
 is the localised variant: each centre only competes for the pixels of a 2S x 2S window around it;
@@ -70,10 +71,14 @@ def connected_regions(labels: np.ndarray) -> np.ndarray:
     return label(labels + 1, connectivity=1, background=0) - 1
 
 
-def merge_regions(image: np.ndarray, regions: np.ndarray, threshold: float, min_size: int = 0) -> np.ndarray:
+def merge_regions(image: np.ndarray, regions: np.ndarray, threshold: float = float("inf"), min_size: int = 0,
+                  target: int | None = None) -> np.ndarray:
     """Greedy merging over the region adjacency graph: join the adjacent pair of closest mean colour
     while that distance is below ``threshold``; regions of fewer than ``min_size`` pixels join their
-    closest neighbour first, whatever the distance. Returns regions renumbered 0..R'-1."""
+    closest neighbour first, whatever the distance. With ``target``, merging ignores the threshold and
+    stops when ``target`` regions remain (or none are adjacent). Returns regions renumbered 0..R'-1."""
+    if target is not None and target < 1:
+        raise PixelsegError(f"the target number of regions must be at least 1, got {target}")
     count = int(regions.max()) + 1
     pixels = image.reshape(-1, image.shape[-1] if image.ndim == 3 else 1).astype(np.float64)
     flat = regions.reshape(-1)
@@ -89,20 +94,23 @@ def merge_regions(image: np.ndarray, regions: np.ndarray, threshold: float, min_
         neighbours[b].add(int(a))
     parent = list(range(count))
     version = [0] * count
+    remaining = int((sizes > 0).sum())
 
-    def distance(a: int, b: int) -> float:
+    def priority(a: int, b: int) -> tuple[bool, float]:
+        """Pairs with a region under ``min_size`` first, then by the distance of their mean colours."""
         gap = float(np.linalg.norm(sums[a] / sizes[a] - sums[b] / sizes[b]))
-        return gap - threshold - 1e6 if min(sizes[a], sizes[b]) < min_size else gap
+        return min(sizes[a], sizes[b]) >= min_size, gap
 
-    heap = [(distance(int(a), int(b)), int(a), int(b), 0, 0) for a, b in pairs]
+    heap = [(*priority(int(a), int(b)), int(a), int(b), 0, 0) for a, b in pairs]
     heapq.heapify(heap)
-    while heap:
-        gap, a, b, version_a, version_b = heapq.heappop(heap)
-        if gap >= threshold:
-            break
+    while heap and (target is None or remaining > target):
+        large, gap, a, b, version_a, version_b = heapq.heappop(heap)
         if parent[a] != a or parent[b] != b or version[a] != version_a or version[b] != version_b:
             continue  # stale entry: one side was merged or changed since
+        if target is None and large and gap >= threshold:
+            break
         parent[b] = a
+        remaining -= 1
         sums[a] += sums[b]
         sizes[a] += sizes[b]
         version[a] += 1
@@ -110,7 +118,7 @@ def merge_regions(image: np.ndarray, regions: np.ndarray, threshold: float, min_
         for other in neighbours[a]:
             neighbours[other].discard(b)
             neighbours[other].add(a)
-            heapq.heappush(heap, (distance(a, other), a, other, version[a], version[other]))
+            heapq.heappush(heap, (*priority(a, other), a, other, version[a], version[other]))
     root = np.arange(count)
     for region in range(count):
         top = region
@@ -122,20 +130,27 @@ def merge_regions(image: np.ndarray, regions: np.ndarray, threshold: float, min_
 
 
 def kmeans_segments(image: np.ndarray, k: int, spatial_weight: float = 1.0, merge_threshold: float = 0.0,
-                    min_size: int = 0, seed: int = 0, max_points: int = 50_000) -> np.ndarray:
-    """XYRGB k-means (fitted on at most ``max_points`` pixels), connected regions, then merging of
-    adjacent regions whose mean colours are closer than ``merge_threshold`` and of regions smaller
-    than ``min_size`` pixels (both 0: no merging)."""
+                    min_size: int = 0, seed: int = 0, max_points: int = 50_000, regions: int | None = None
+                    ) -> np.ndarray:
+    """XYRGB k-means (fitted on at most ``max_points`` pixels), then every cluster split into its
+    connected regions — so K clusters usually give many more than K regions — then merging: of adjacent
+    regions whose mean colours are closer than ``merge_threshold``, of regions smaller than ``min_size``
+    pixels, and, with ``regions``, of the most similar adjacent regions until ``regions`` remain
+    (over-segment with a large K, e.g. 50–400, then merge down). None of them set: no merging."""
     features = xyrgb_features(image, spatial_weight)
     rng = np.random.default_rng(seed)
     sample = features if features.shape[0] <= max_points else \
         features[rng.choice(features.shape[0], max_points, replace=False)]
     _, centres, _ = kmeans(sample, k, seed=seed)
     labels = (torch.cdist(torch.as_tensor(features), torch.as_tensor(centres)) ** 2).argmin(1).numpy()
-    regions = connected_regions(labels.reshape(image.shape[:2]))
+    connected = connected_regions(labels.reshape(image.shape[:2]))
+    if regions is not None:
+        if min_size > 0 or merge_threshold > 0:
+            connected = merge_regions(image, connected, merge_threshold, min_size)
+        return merge_regions(image, connected, min_size=min_size, target=regions)
     if merge_threshold <= 0 and min_size <= 0:
-        return regions
-    return merge_regions(image, regions, merge_threshold, min_size)
+        return connected
+    return merge_regions(image, connected, merge_threshold, min_size)
 
 
 def slic_segments(image: np.ndarray, k: int, compactness: float = 10.0) -> np.ndarray:

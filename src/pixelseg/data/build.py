@@ -42,8 +42,17 @@ SYNTHETIC_VOLUME_SPLITS = {"train": 0, "val": 1, "test": 2}
 _ONLY_FOR = {
     "semantic": ("crop_size", "scale_range", "color_jitter", "elastic_sigma"),
     "volumetric": ("patch_size", "dflip"),
-    "instance": ("train_annotations", "val_annotations", "images_subdir", "masks_subdir"),
+    "instance": ("train_annotations", "val_annotations", "test_annotations", "images_subdir", "masks_subdir"),
 }
+# The config keys that name the test split of the datasets read from the user's folders.
+_TEST_KEYS = {
+    "folder": ("test_images", "test_masks"),
+    "volumes": ("test_images", "test_masks"),
+    "instance_folder": ("test_images", "test_masks"),
+    "coco_instances": ("test_annotations", "test_images"),
+}
+ISBI_SECTIONS = {"isbi2012": "sections 0–24 train and 25–29 validate",
+                 "isbi2012_volume": "columns 0–383 of every section train and 384–511 validate"}
 _DESCRIBED = {"semantic": "2D images", "volumetric": "volumes", "instance": "instance data"}
 
 
@@ -103,6 +112,8 @@ def build_data(config: DataConfig) -> DataBundle:
     """The training and validation sets a ``DataConfig`` names, and what the model needs to know."""
     kind = task_of_dataset(config.name)
     _check_options(config, kind)
+    check_split(config, config.train_split)
+    check_split(config, config.val_split)
     if kind == "instance":
         train = _make_instances(config, config.train_split, train=True)
         val = _make_instances(config, config.val_split, train=False)
@@ -135,8 +146,10 @@ def collate_for(config: DataConfig) -> Callable[[list[Any]], Any] | None:
 
 
 def build_eval_dataset(config: DataConfig, info: DatasetInfo, split: str) -> Dataset:
-    """One split, unaugmented, for evaluation or statistics (``info`` from :func:`build_data`)."""
+    """One split, unaugmented, for evaluation or statistics (``info`` from :func:`build_data`); a split the
+    dataset does not have is refused in one line naming the ones it has (:func:`check_split`)."""
     kind = task_of_dataset(config.name)
+    check_split(config, split)
     train = split == config.train_split
     if kind == "instance":
         return _make_instances(config, split, train=train)
@@ -147,11 +160,46 @@ def build_eval_dataset(config: DataConfig, info: DatasetInfo, split: str) -> Dat
 
 def dataset_stats(data_config: DataConfig, split: str | None = None, limit: int | None = None) -> ClassStats:
     """Count the classes of a split (default: the training split) of the dataset a ``DataConfig`` names."""
+    if split is not None:
+        check_split(data_config, split)
     bundle = build_data(data_config)
     if split is None or split == data_config.train_split:
         return bundle.class_stats(limit)
     dataset = build_eval_dataset(data_config, bundle.info, split)
     return count_dataset_classes(dataset, bundle.info.classes, bundle.info.ignore_index, limit)
+
+
+def dataset_splits(config: DataConfig) -> dict[str, str | None]:
+    """The split names of the dataset a config names, each with ``None`` when it can be built or the
+    reason it cannot (e.g. ``test`` of a folder dataset without ``data.test_images``)."""
+    name = config.name
+    task_of_dataset(name)
+    if name in ("shapes", "synthetic_volumes", "synthetic_instances", "camvid"):
+        return {"train": None, "val": None, "test": None}
+    if name in ("isbi2012", "isbi2012_volume"):
+        # The challenge's 30 test sections were released without labels: nothing to score against.
+        return {"train": None, "val": None, "all": None,
+                "test": f"{name} has no labelled test split: the ISBI 2012 challenge withheld the labels of its "
+                        f"test sections, so {ISBI_SECTIONS[name]}; score on 'val'"}
+    splits: dict[str, str | None] = {config.train_split: None, config.val_split: None}
+    if name == "instance_folder":
+        splits["all"] = None
+    if "test" not in splits:
+        keys = _TEST_KEYS[name]
+        missing = [key for key in keys if getattr(config, key) is None]
+        splits["test"] = (f"data.name '{name}' has a test split only when the config names it: set "
+                          f"{' and '.join(f'data.{key}' for key in keys)}") if missing else None
+    return splits
+
+
+def check_split(config: DataConfig, split: str) -> None:
+    """Refuse, in one line naming the valid splits, a split the dataset does not have or cannot build."""
+    splits = dataset_splits(config)
+    if split not in splits:
+        raise PixelsegError(f"data.name '{config.name}' has no split '{split}'; its splits are "
+                            f"{', '.join(splits)}{closest(split, list(splits))}")
+    if splits[split] is not None:
+        raise PixelsegError(str(splits[split]))
 
 
 # ---- checks and normalisation --------------------------------------------------------------------------
@@ -164,8 +212,6 @@ def _require(config: DataConfig, *names: str) -> None:
 
 def _check_options(config: DataConfig, kind: Kind) -> None:
     """Options for another kind of data are refused rather than ignored."""
-    if config.repeats < 1:
-        raise PixelsegError(f"data.repeats must be at least 1, got {config.repeats}")
     for other, keys in _ONLY_FOR.items():
         if other == kind:
             continue
@@ -178,6 +224,12 @@ def _check_options(config: DataConfig, kind: Kind) -> None:
             if getattr(config, key):
                 raise PixelsegError(f"data.{key} is not supported for the instance data of '{config.name}' "
                                     "(hflip is)")
+
+
+def _folder_keys(config: DataConfig, split: str, first: str, second: str) -> tuple[str, str]:
+    """The config keys naming a split's folders (or files), e.g. ``("val_images", "val_masks")``."""
+    prefix = {config.train_split: "train", config.val_split: "val"}.get(split, split)
+    return f"{prefix}_{first}", f"{prefix}_{second}"
 
 
 def _normalization(config: DataConfig) -> tuple[str, list[float], list[float]]:
@@ -200,7 +252,7 @@ def _make_images(config: DataConfig, split: str, train: bool, transform: Callabl
     if config.name == "isbi2012":
         _require(config, "root")
         return ISBI2012(config.root, split, transform=transform, ignore_index=config.ignore_index)
-    images, masks = ("train_images", "train_masks") if train else ("val_images", "val_masks")
+    images, masks = _folder_keys(config, split, "images", "masks")
     _require(config, images, masks)
     if config.classes is None:
         raise PixelsegError("data.classes must list the class names for data.name 'folder'")
@@ -214,16 +266,13 @@ def _make_images(config: DataConfig, split: str, train: bool, transform: Callabl
 
 def _make_volumes(config: DataConfig, split: str, train: bool, transform: Callable | None) -> Dataset:
     if config.name == "synthetic_volumes":
-        if split not in SYNTHETIC_VOLUME_SPLITS:
-            raise PixelsegError(f"synthetic_volumes has the splits {', '.join(SYNTHETIC_VOLUME_SPLITS)}, "
-                                f"not '{split}'")
         count = config.num_samples if train else config.val_samples
         seed = config.seed * len(SYNTHETIC_VOLUME_SPLITS) + SYNTHETIC_VOLUME_SPLITS[split]
         return SyntheticVolumes(count, size=(config.image_size,) * 3, seed=seed, transform=transform)
     if config.name == "isbi2012_volume":
         _require(config, "root")
         return ISBI2012Volume(config.root, split, transform=transform)
-    images, labels = ("train_images", "train_masks") if train else ("val_images", "val_masks")
+    images, labels = _folder_keys(config, split, "images", "masks")
     _require(config, images, labels)
     if config.classes is None:
         raise PixelsegError("data.classes must list the class names for data.name 'volumes'")
@@ -243,22 +292,20 @@ def _volume_info(config: DataConfig, val: Dataset) -> DatasetInfo:
 
 def _make_instances(config: DataConfig, split: str, *, train: bool) -> Dataset:
     if config.name == "synthetic_instances":
-        if split not in ("train", "val", "test"):
-            raise PixelsegError(f"synthetic_instances has the splits train, val, test, not '{split}'")
         count = config.num_samples if train else config.val_samples
         return SyntheticInstances(count, size=config.image_size, seed=config.seed, split=split)
     if config.name == "coco_instances":
-        annotations, images = ("train_annotations", "train_images") if train else ("val_annotations",
-                                                                                    "val_images")
+        annotations, images = _folder_keys(config, split, "annotations", "images")
         _require(config, annotations, images)
         return CocoInstances(getattr(config, annotations), getattr(config, images))
     _require(config, "root")
-    if split not in ("train", "val", "all"):
-        raise PixelsegError(f"instance_folder has the splits train, val, all, not '{split}'")
     if config.classes is not None and len(config.classes) != 2:
         raise PixelsegError(f"data.classes of 'instance_folder' names two classes, background first, "
                             f"not {config.classes}")
     class_name = config.classes[1] if config.classes else "pedestrian"
+    if split == "test":  # its own folders (under root or absolute), all of them
+        return InstanceMaskFolder(config.root, images_dir=config.test_images, masks_dir=config.test_masks,
+                                  class_name=class_name, split="all")
     return InstanceMaskFolder(config.root, images_dir=config.images_subdir or "PNGImages",
                               masks_dir=config.masks_subdir or "PedMasks", class_name=class_name,
                               split=split, val_count=config.val_count)

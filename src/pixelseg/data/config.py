@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import PixelsegError
+
 
 @dataclass
 class AugmentConfig:
@@ -23,19 +25,28 @@ class DataConfig:
     """Which dataset, where, and how to augment it; ``name`` picks the dataset (and so the task).
 
     Semantic (2D): ``shapes`` (built in: ``num_samples``/``val_samples`` images of side ``image_size``),
-    ``folder`` (``train_images``/``train_masks`` and ``val_images``/``val_masks``, ``classes`` given),
-    ``camvid`` or ``isbi2012`` (``root``).
+    ``folder`` (``train_images``/``train_masks``, ``val_images``/``val_masks`` and, for a held-out
+    ``test`` split, ``test_images``/``test_masks``; ``classes`` given), ``camvid`` or ``isbi2012`` (``root``).
 
     Volumetric (3D models such as V-Net): ``volumes`` (``.npy``/``.tif`` stacks in the same four folder
     keys, ``classes`` given), ``synthetic_volumes`` (built in: cubes of side ``image_size``) and
-    ``isbi2012_volume`` (``root``: the ISBI 2012 stack as one EM volume); they train on random
+    ``isbi2012_volume`` (``root``: the ISBI 2012 stack as one EM volume); ``volumes`` has a ``test``
+    split in ``test_images``/``test_masks``. They train on random
     ``patch_size`` [D, H, W] crops with ``hflip``/``vflip``/``rotate90`` in the plane and ``dflip``.
 
     Instance: ``synthetic_instances`` (built in: ``num_samples``/``val_samples`` images of side
     ``image_size``), ``coco_instances`` (``train_annotations``/``val_annotations`` COCO JSON files with
-    the image folders ``train_images``/``val_images``) and ``instance_folder`` (``root`` in the
-    Penn-Fudan layout, ``images_subdir``/``masks_subdir``; the last ``val_count`` images validate;
-    ``classes``, if given, are ``[background, <object class>]``).
+    the image folders ``train_images``/``val_images``; ``test_annotations``/``test_images`` give a
+    ``test`` split) and ``instance_folder`` (``root`` in the Penn-Fudan layout,
+    ``images_subdir``/``masks_subdir``; the last ``val_count`` images validate; ``test_images``/
+    ``test_masks``, folders under ``root`` or absolute, give a ``test`` split; ``classes``, if given, are
+    ``[background, <object class>]``).
+
+    Splits: every dataset has ``train`` and ``val``; ``test`` is the held-out split to score once at
+    the end (built-in synthetic sets draw it from their own seed, ``val_samples`` of them; CamVid reads
+    its SegNet test frames; folder datasets need the ``test_*`` keys; ISBI 2012 has none, see
+    ``pixelseg.data.build``). Values out of range are refused when the config is loaded, in one line
+    naming the key and its range.
     """
 
     name: str = "shapes"
@@ -44,8 +55,11 @@ class DataConfig:
     train_masks: str | None = None
     val_images: str | None = None
     val_masks: str | None = None
+    test_images: str | None = None  # folder, volumes, instance_folder, coco_instances: the test split
+    test_masks: str | None = None  # folder, volumes, instance_folder: the test split's masks
     train_annotations: str | None = None  # coco_instances: COCO JSON of the training images
     val_annotations: str | None = None  # coco_instances: COCO JSON of the validation images
+    test_annotations: str | None = None  # coco_instances: COCO JSON of the test images (test_images)
     images_subdir: str | None = None  # instance_folder: images under root (default PNGImages)
     masks_subdir: str | None = None  # instance_folder: instance-id masks under root (default PedMasks)
     val_count: int = 50  # instance_folder: the last val_count images (in name order) validate
@@ -74,6 +88,28 @@ class DataConfig:
     batch_size: int = 8
     val_batch_size: int = 1
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse values out of range, in one line naming the key and the range."""
+        for key, low in (("batch_size", 1), ("val_batch_size", 1), ("num_workers", 0), ("repeats", 1),
+                         ("image_size", 8), ("num_samples", 1), ("val_samples", 1), ("val_count", 1),
+                         ("crop_size", 1)):
+            value = getattr(self, key)
+            if value is not None and value < low:
+                raise PixelsegError(f"data.{key} must be at least {low}, got {value}")
+        for key in ("color_jitter", "elastic_sigma"):
+            if getattr(self, key) < 0:
+                raise PixelsegError(f"data.{key} must be 0 or more, got {getattr(self, key)}")
+        if not (0 <= self.ignore_index <= 255 or self.ignore_index == -1):
+            raise PixelsegError(f"data.ignore_index must be in 0..255 or -1, got {self.ignore_index}")
+        if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 1):
+            raise PixelsegError(f"data.patch_size must be three positive sizes [D, H, W], got {self.patch_size}")
+        if self.scale_range is not None and (len(self.scale_range) != 2 or min(self.scale_range) <= 0
+                                             or self.scale_range[0] > self.scale_range[1]):
+            raise PixelsegError(f"data.scale_range must be two positive numbers [low, high] with low <= high, "
+                                f"got {self.scale_range}")
+        if self.std is not None and min(self.std, default=1.0) <= 0:
+            raise PixelsegError(f"data.std must be positive, got {self.std}")
 
     def augment(self) -> AugmentConfig:
         """The 2D training augmentation these settings ask for."""

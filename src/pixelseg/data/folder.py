@@ -1,7 +1,8 @@
 """Image/mask pairs from two folders, paired by file stem.
 
-Masks are index PNGs (one class index per pixel, ``mode L`` or ``P``) or RGB colour PNGs decoded with a
-palette. Every problem with a file — a missing folder, an image without a mask, an unreadable or
+Masks are index PNGs (one class index per pixel: ``L``, ``P``, 16-bit values kept as they are) or RGB
+colour PNGs decoded with a palette; images and masks are both turned by their own EXIF orientation (see
+:mod:`pixelseg.io.images` for the rules, and for how 16-bit and float images are scaled). Every problem with a file — a missing folder, an image without a mask, an unreadable or
 truncated file, a mask whose size differs from its image, a label outside ``[0, num_classes)`` that is
 not ``ignore_index`` — is a one-line ``PixelsegError`` naming the file.
 """
@@ -16,16 +17,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import PixelsegError
-from ..io.images import list_images, read_image
+from ..io.images import list_images, read_image, read_mask
 from ..io.render import Palette, default_palette
 
 
 def decode_mask(path: Path, palette: Palette | None, ignore_index: int) -> np.ndarray:
     """Read a mask as an int64 array of class indices (colour masks through the palette)."""
-    image = read_image(path, None, what="mask")
-    array = np.asarray(image.convert("RGB") if image.mode in ("RGB", "RGBA") else image)
+    array = read_mask(path)
     if array.ndim == 2:
-        return array.astype(np.int64)
+        return array
     if palette is None:
         raise PixelsegError("colour mask but the dataset has no palette to decode it", path)
     codes = (array[..., 0].astype(np.int64) << 16) | (array[..., 1].astype(np.int64) << 8) | array[..., 2]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 import numpy as np
@@ -30,7 +30,7 @@ from ..io.images import (
     image_size,
     image_to_tensor,
     list_images,
-    read_image,
+    read_mask,
     read_rgb,
 )
 
@@ -205,7 +205,7 @@ class InstanceMaskFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         image_path, mask_path = self.pairs[index]
         image = read_rgb(image_path)
-        ids = np.asarray(read_image(mask_path, None, what="instance mask"))
+        ids = read_mask(mask_path, what="instance mask")
         if ids.ndim != 2:
             raise PixelsegError(f"instance mask must be single-channel (0 = background, 1..N = instances), "
                                 f"got shape {ids.shape}", mask_path)
@@ -246,7 +246,8 @@ class CocoInstances(Dataset):
 
     ``on_invalid="error"`` (default) raises on the first bad annotation; ``"skip"`` leaves bad
     annotations out with one warning each. Checked when the file is opened: missing keys, unknown
-    image or category ids, empty, degenerate or self-intersecting polygons, boxes of zero area. Image
+    image or category ids, empty, degenerate or self-intersecting polygons, boxes of zero area, an image
+``file_name`` that leaves ``image_dir`` (absolute, or through ``..``: always an error). Image
     size mismatches (the JSON's ``width``/``height`` against the file) are checked when an image loads.
     """
 
@@ -271,6 +272,7 @@ class CocoInstances(Dataset):
         self.images: list[dict[str, Any]] = []
         for record in data["images"]:
             self._require(record, ("id", "file_name", "width", "height"), "image", numbers=("id", "width", "height"))
+            self._check_file_name(record)
             self.images.append(record)
         categories = []
         for record in data["categories"]:
@@ -305,6 +307,17 @@ class CocoInstances(Dataset):
             if isinstance(record[key], bool) or not isinstance(record[key], int):
                 raise PixelsegError(f"{kind} {record.get('id', '?')}: '{key}' must be an integer, "
                                     f"got {record[key]!r:.40}", self.annotation_file)
+
+    def _check_file_name(self, record: dict[str, Any]) -> None:
+        """Refuse a ``file_name`` that would be read from outside ``image_dir`` (absolute, or through '..')."""
+        name = record["file_name"]
+        if not isinstance(name, str) or not name.strip() or "\0" in name:
+            raise PixelsegError(f"image {record['id']}: 'file_name' must be a file name, got {name!r:.60}",
+                                self.annotation_file)
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor or ".." in parts:
+            raise PixelsegError(f"image {record['id']}: file_name {name!r:.80} leaves the image folder "
+                                "(absolute or through '..'); names must be relative to it", self.annotation_file)
 
     def _check_annotation(self, record: dict[str, Any], image_ids: dict[int, dict[str, Any]]) -> str | None:
         """The problem with one annotation, or None when it is usable."""

@@ -4,8 +4,10 @@
 A sample is ``(image, label)`` with ``image`` a float32 tensor ``(C, D, H, W)`` and ``label`` an int64
 tensor ``(D, H, W)``. Image files hold ``(D, H, W)`` (one channel) or ``(D, H, W, C)`` arrays (a
 multi-page TIFF reads as ``(D, H, W)``: one page per slice); label files hold ``(D, H, W)`` integers.
-Every problem with a file (unreadable, wrong number of dimensions, image and label of different shapes, a
-missing partner) is a one-line ``PixelsegError`` naming the file.
+Every problem with a file (unreadable, wrong number of dimensions, empty, NaN or infinite values, image and
+label of different shapes, a missing partner) is a one-line ``PixelsegError`` naming the file — for
+training and for prediction alike, never a silently wrong label. :func:`normalize_volume` states what a
+constant volume becomes (zeros).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch.utils.data import Dataset
 from ..errors import PixelsegError
 from ..io.images import read_image
 from ..io.render import default_palette
-from ..io.volumes import VOLUME_SUFFIXES, list_volume_files, read_volume
+from ..io.volumes import VOLUME_SUFFIXES, check_finite, list_volume_files, read_volume
 
 VolumeTransform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -34,15 +36,23 @@ def image_volume(array: np.ndarray, path: str | Path) -> np.ndarray:
         array = np.moveaxis(array, -1, 0)
     else:
         raise PixelsegError(f"an image volume must be (D, H, W) or (D, H, W, C), not shape {array.shape}", path)
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise PixelsegError(f"an image volume must be numeric, not {array.dtype}", path)
-    return array.astype(np.float32)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
+        raise PixelsegError(f"an image volume must be real numbers, not {array.dtype}", path)
+    if array.size == 0:
+        raise PixelsegError(f"the image volume is empty (shape {array.shape})", path)
+    check_finite(array, path, "image volume")
+    with np.errstate(over="ignore"):  # checked just below
+        image = array.astype(np.float32)
+    if not np.isfinite(image).all():
+        raise PixelsegError(f"image volume values reach {np.abs(array).max():.3g}, beyond float32's range", path)
+    return image
 
 
 def label_volume(array: np.ndarray, path: str | Path) -> np.ndarray:
     """A label array as ``(D, H, W)`` int64; it must hold integers."""
     if array.ndim != 3:
         raise PixelsegError(f"a label volume must be (D, H, W), not shape {array.shape}", path)
+    check_finite(array, path, "label volume")
     if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
         if not np.issubdtype(array.dtype, np.floating) or not np.all(np.mod(array, 1) == 0):
             raise PixelsegError(f"a label volume must hold integer class indices, not {array.dtype} values", path)
@@ -50,10 +60,18 @@ def label_volume(array: np.ndarray, path: str | Path) -> np.ndarray:
 
 
 def normalize_volume(image: np.ndarray) -> np.ndarray:
-    """Zero mean and unit variance per channel over the whole volume."""
-    mean = image.mean(axis=(1, 2, 3), keepdims=True)
-    std = image.std(axis=(1, 2, 3), keepdims=True)
-    return (image - mean) / np.where(std > 0, std, 1.0)
+    """Zero mean and unit variance per channel over the whole ``(C, D, H, W)`` volume (statistics in
+    float64, result float32).
+
+    A constant channel is only centred, so it becomes all zeros: its standard deviation is zero, or at
+    most float32's resolution of its values (``eps * max |value|``, rounding noise that dividing would
+    blow up into a random pattern).
+    """
+    values = image.astype(np.float64)
+    mean = values.mean(axis=(1, 2, 3), keepdims=True)
+    std = values.std(axis=(1, 2, 3), keepdims=True)
+    resolution = np.finfo(np.float32).eps * np.abs(values).max(axis=(1, 2, 3), keepdims=True)
+    return ((values - mean) / np.where(std > resolution, std, 1.0)).astype(np.float32)
 
 
 class VolumeFolder(Dataset):

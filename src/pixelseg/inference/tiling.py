@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..data.transforms import normalize
 from ..errors import PixelsegError
+from ..io.images import image_size, read_image
 from ..models.base import main_logits
 from .forward import mirror_window, reflect_range
 
@@ -214,7 +215,12 @@ def _to_mode(pixels: np.ndarray, mode: str) -> np.ndarray:
 
 
 class TiffWindows:
-    """Windows of a (tiled or striped) TIFF through tifffile's zarr store: only the touched blocks are read."""
+    """Windows of a (tiled or striped) TIFF through tifffile's zarr store: only the touched blocks are read.
+
+    8-bit pixels are used as they are and 16-bit ones keep their high byte, the rule of
+    :mod:`pixelseg.io.images`; float and other integer pixels, and an orientation tag other than the
+    default, are refused (they need the whole image to be scaled or turned).
+    """
 
     def __init__(self, path: Path, mode: str) -> None:
         import tifffile
@@ -222,42 +228,56 @@ class TiffWindows:
 
         self.path, self.mode = path, mode
         try:
+            with tifffile.TiffFile(path) as handle:
+                orientation = handle.pages[0].tags.get(274)
+                orientation = 1 if orientation is None else int(orientation.value)
             store = tifffile.imread(path, aszarr=True)
             array = zarr.open(store, mode="r")
+            if isinstance(array, zarr.Group):  # a pyramid: level 0 is the full resolution
+                array = array["0"]
         except Exception as error:  # tifffile raises several types for unreadable files
-            raise PixelsegError(f"cannot read as TIFF ({error})", path) from None
-        if isinstance(array, zarr.Group):  # a pyramid: level 0 is the full resolution
-            array = array["0"]
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise PixelsegError(f"cannot read as TIFF ({reason})", path) from None
+        if orientation != 1:
+            raise PixelsegError(f"TIFF orientation tag {orientation} is not supported when streaming "
+                                "(turn the image and drop the tag)", path)
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
             raise PixelsegError(f"expected an H x W (x C) TIFF, got shape {array.shape}", path)
-        if array.dtype != np.uint8:
-            raise PixelsegError(f"expected 8-bit pixels, got {array.dtype}", path)
+        if array.dtype not in (np.uint8, np.uint16):
+            raise PixelsegError(f"expected 8 or 16-bit pixels, got {array.dtype} (streaming cannot scale "
+                                "other ranges window by window; save the image as 8 or 16 bits)", path)
         self.array, self.shape = array, (int(array.shape[0]), int(array.shape[1]))
 
     def read(self, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-        pixels = np.asarray(self.array[top:bottom, left:right])
+        try:
+            pixels = np.asarray(self.array[top:bottom, left:right])
+        except Exception as error:  # a truncated or corrupt block
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise PixelsegError(f"cannot decode the TIFF ({reason})", self.path) from None
+        if pixels.dtype == np.uint16:
+            pixels = (pixels >> 8).astype(np.uint8)
         if pixels.ndim == 3 and pixels.shape[-1] == 4:
             pixels = pixels[..., :3]
         return _to_mode(pixels, self.mode)
 
 
 class PillowWindows:
-    """Windows of any image Pillow opens (decoded once on the first crop: bounded by the image, not a tile)."""
+    """Windows of any image Pillow opens, read by :func:`pixelseg.io.images.read_image` (EXIF orientation,
+    16-bit and float scaling, the pixel limit) on the first crop: bounded by the image, not a tile."""
 
     def __init__(self, path: Path, mode: str) -> None:
-        try:
-            self.image = Image.open(path)
-        except (OSError, ValueError) as error:
-            raise PixelsegError(f"cannot read the image ({error})", path) from None
+        width, height = image_size(path)  # the header only, checked against the pixel limit
         self.path, self.mode = path, mode
-        self.shape = (self.image.height, self.image.width)
+        self.shape = (height, width)
+        self.image: Image.Image | None = None
 
     def read(self, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-        try:
-            window = self.image.crop((left, top, right, bottom))
-        except (OSError, ValueError) as error:
-            raise PixelsegError(f"cannot decode the image ({error})", self.path) from None
-        return _to_mode(np.asarray(window), self.mode)
+        if self.image is None:
+            self.image = read_image(self.path, self.mode)
+            if (self.image.height, self.image.width) != self.shape:
+                raise PixelsegError("the image's size changed while it was read", self.path)
+        pixels = np.asarray(self.image.crop((left, top, right, bottom)))
+        return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
 def open_windows(path: str | Path, mode: str) -> WindowReader:

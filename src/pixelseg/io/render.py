@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import PixelsegError
+
 Palette = Sequence[Sequence[int]]
 
 
@@ -28,11 +30,13 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
 
 
 def colorize(labels: np.ndarray, palette: Palette) -> np.ndarray:
-    """Class indices ``(H, W)`` (0..255) as RGB ``(H, W, 3)`` uint8; indices past the palette are black."""
-    table = np.zeros((256, 3), dtype=np.uint8)
+    """Class indices ``(H, W)`` as RGB ``(H, W, 3)`` uint8; indices past the palette (or outside 0..255,
+    or negative) are black."""
+    labels = np.asarray(labels)
+    table = np.zeros((257, 3), dtype=np.uint8)  # the last row: black, for every index outside 0..255
     colours = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256]
     table[: len(colours)] = colours
-    return table[labels]
+    return table[np.where((labels >= 0) & (labels < 256), labels, 256)]
 
 
 def overlay(image: Image.Image, labels: np.ndarray, palette: Palette, alpha: float = 0.5) -> Image.Image:
@@ -43,7 +47,11 @@ def overlay(image: Image.Image, labels: np.ndarray, palette: Palette, alpha: flo
 
 
 def index_png(labels: np.ndarray, palette: Palette) -> Image.Image:
-    """A palette ('P' mode) image: pixel values are class indices, viewers show the class colours."""
+    """A palette ('P' mode) image: pixel values are class indices (0..255; others are refused rather than
+    wrapped around), viewers show the class colours."""
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise PixelsegError(f"a palette PNG holds class indices 0..255, not {labels.min()}..{labels.max()}")
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     flat = [int(channel) for colour in palette for channel in colour][: 256 * 3]
     image.putpalette(flat + [0] * (256 * 3 - len(flat)))

@@ -1,6 +1,7 @@
 """Volume files: ``.npy`` arrays (never unpickled) and multi-page ``.tif`` stacks, read and written.
 
-A multi-page TIFF reads as ``(D, H, W)``, one page per slice. Every problem with a file is a one-line
+A multi-page TIFF reads as ``(D, H, W)``, one page per slice. A volume holding NaN or infinite values is
+refused (it would be labelled, or trained on, silently wrong). Every problem with a file is a one-line
 :class:`~pixelseg.errors.PixelsegError` naming it. TIFF needs ``tifffile`` (``pip install 'pixelseg[io]'``).
 """
 
@@ -34,17 +35,32 @@ def read_volume(path: str | Path) -> np.ndarray:
         raise PixelsegError(f"unsupported volume format '{suffix}' (use {', '.join(VOLUME_SUFFIXES)})", path)
     try:
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        try:
-            import tifffile
-        except ImportError:
-            raise PixelsegError("reading .tif volumes needs tifffile (pip install 'pixelseg[io]')", path) from None
-        return np.asarray(tifffile.imread(path))
+            array = np.load(path, allow_pickle=False)
+        else:
+            try:
+                import tifffile
+            except ImportError:
+                raise PixelsegError("reading .tif volumes needs tifffile (pip install 'pixelseg[io]')",
+                                    path) from None
+            array = np.asarray(tifffile.imread(path))
+        check_finite(array, path)
+        return array
     except PixelsegError:
         raise
     except Exception as err:  # numpy and tifffile raise many types for corrupt files
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise PixelsegError(f"cannot read volume ({first_line})", path) from None
+
+
+def check_finite(array: np.ndarray, path: str | Path, what: str = "volume") -> None:
+    """Refuse an array with NaN or infinite values, naming the file, the count and the first position."""
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.complexfloating)):
+        return
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise PixelsegError(f"{what} has {int(bad.sum()):,} NaN or infinite value(s) (the first at {first}); "
+                            "fix or mask them in the file, pixelseg does not guess them", path)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

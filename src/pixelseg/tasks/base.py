@@ -25,8 +25,10 @@ from torch import Tensor, nn
 
 from ..data.build import DataBundle, DatasetInfo
 from ..errors import PixelsegError, closest
+from ..inference.runner import InferenceOptions
 from ..metrics.base import Evaluator
 from ..models.config import ModelConfig
+from ..refiners.dense_crf import DenseCRFConfig
 
 
 @dataclass
@@ -43,9 +45,9 @@ class PredictOptions:
     """Everything ``pixelseg predict`` may ask of a task; each task refuses the options it cannot honour."""
 
     device: str = "cpu"
-    inference: Any = None  # pixelseg.inference.runner.InferenceOptions (semantic, volumetric)
+    inference: InferenceOptions | None = None  # backend, tiling, TTA (semantic; volumetric: backend only)
     refine: str | None = None  # "crf": dense-CRF post-processing (semantic)
-    crf: Any = None  # pixelseg.refiners.dense_crf.DenseCRFConfig
+    crf: DenseCRFConfig | None = None  # its parameters
     score_threshold: float = 0.5  # instance: keep detections scoring at least this
 
 
@@ -70,6 +72,7 @@ class Task:
     name: ClassVar[str]
     monitor: ClassVar[str]  # the validation score that picks the best checkpoint
     drop_last: ClassVar[bool] = False  # drop the last, smaller training batch of an epoch
+    precise_bn_batches: ClassVar[int] = 0  # default of train.precise_bn_batches (BatchNorm re-estimation)
 
     # ---- model and objective ---------------------------------------------------------------------
     def build_model(self, model: ModelConfig, info: DatasetInfo) -> nn.Module:

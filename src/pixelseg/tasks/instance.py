@@ -6,7 +6,7 @@ sum of the detector's own losses (RPN, box, class, mask) — the data flip train
 (``data.hflip``, ``pixelseg.data.instances.RandomFlipInstances``) — and BatchNorm statistics are recomputed before each validation
 (:func:`recompute_batchnorm_statistics`). Scores: COCO box and mask AP, AP50, AP75 by pycocotools.
 Prediction writes one overlay per image and, at the end, ``predictions.json`` (COCO results with RLE masks)
-and ``images.json``.
+and ``images.json``, merged into those of earlier ``predict`` calls into the same folder.
 """
 
 from __future__ import annotations
@@ -31,6 +31,21 @@ from ..models.registry import create_model
 from .base import LossResult, PredictOptions, Predictor, Task, list_inputs, register_task
 
 Target = dict[str, Tensor]
+
+
+def _read_records(path: Path) -> list[Any]:
+    """The JSON list an earlier ``predict`` call wrote to ``path`` (empty when there is none)."""
+    if not path.is_file():
+        return []
+    try:
+        records = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PixelsegError(f"cannot add to this file, it is not valid JSON ({error}); remove it or predict "
+                            "into another --out", path) from None
+    if not isinstance(records, list):
+        raise PixelsegError("cannot add to this file, it is not a JSON list; remove it or predict into another "
+                            "--out", path)
+    return records
 
 
 @torch.no_grad()
@@ -118,7 +133,12 @@ class InstanceTask(Task):
 
 class InstancePredictor(Predictor):
     """``<stem>_instances.png`` per image; ``predictions.json`` (COCO results: bbox x, y, w, h, score, RLE
-    ``segmentation``, plus ``file_name`` and ``category_name``) and ``images.json`` for all of them."""
+    ``segmentation``, plus ``file_name`` and ``category_name``) and ``images.json`` for all of them.
+
+    Predicting into a folder that already holds these two files adds to them rather than replacing them, so
+    images may be predicted one call at a time: new images get ids after the existing ones, and an image
+    predicted again (the same file name) keeps its id and has its old records replaced.
+    """
 
     def __init__(self, model: nn.Module, info: DatasetInfo, options: PredictOptions,
                  mask_threshold: float = 0.5) -> None:
@@ -133,8 +153,12 @@ class InstancePredictor(Predictor):
     def predict_file(self, path: Path, out_dir: Path) -> list[Path]:
         pixels = read_rgb(path)
         image_id = len(self.images)
-        with torch.inference_mode():
-            output = {k: v.cpu() for k, v in self.model([image_to_tensor(pixels).to(self.device)])[0].items()}
+        try:
+            with torch.inference_mode():
+                output = {k: v.cpu() for k, v in self.model([image_to_tensor(pixels).to(self.device)])[0].items()}
+        except (RuntimeError, ValueError) as err:  # e.g. an image smaller than the network accepts
+            reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise PixelsegError(f"inference failed ({reason})", path) from None
         keep = output["scores"] >= self.score_threshold
         output = {key: value[keep] for key, value in output.items()}
         classes = list(self.info.classes)
@@ -154,8 +178,28 @@ class InstancePredictor(Predictor):
 
     def finish(self, out_dir: Path) -> list[Path]:
         predictions, images = out_dir / "predictions.json", out_dir / "images.json"
-        atomic_write_bytes(predictions, json.dumps(self.results).encode())
-        atomic_write_bytes(images, json.dumps(self.images, indent=1).encode())
+        old_results, old_images = _read_records(predictions), _read_records(images)
+        for record in old_images:
+            if not isinstance(record, dict) or not {"id", "file_name"} <= set(record):
+                raise PixelsegError("not an images.json written by pixelseg predict (each image needs an id "
+                                    "and a file_name); remove it or predict into another --out", images)
+        ids = {record["file_name"]: record["id"] for record in old_images}
+        next_id = max((int(record["id"]) for record in old_images), default=-1) + 1
+        latest = {image["file_name"]: image["id"] for image in self.images}  # a name given twice: the last
+        current = [image for image in self.images if latest[image["file_name"]] == image["id"]]
+        results = [record for record in self.results if latest[record["file_name"]] == record["image_id"]]
+        renumber = {}
+        for image in current:  # the same file name keeps its id; a new one continues after the last
+            if image["file_name"] not in ids:
+                ids[image["file_name"]], next_id = next_id, next_id + 1
+            renumber[image["id"]] = ids[image["file_name"]]
+        replaced = set(renumber.values())
+        merged_images = [r for r in old_images if r["id"] not in replaced] + \
+            [{**image, "id": renumber[image["id"]]} for image in current]
+        merged_results = [r for r in old_results if not (isinstance(r, dict) and r.get("image_id") in replaced)] + \
+            [{**record, "image_id": renumber[record["image_id"]]} for record in results]
+        atomic_write_bytes(predictions, json.dumps(merged_results).encode())
+        atomic_write_bytes(images, json.dumps(sorted(merged_images, key=lambda r: r["id"]), indent=1).encode())
         return [predictions, images]
 
     def summary(self) -> list[str]:
