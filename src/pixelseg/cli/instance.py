@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         from ..engine.train import train
 
         _deprecated("instance-train", "train")
-        run_dir = train(load_config(config, list(override)), resume=resume)
+        run_dir = train(load_config(config, list(override), require_data=True), resume=resume)
         out.print(f"run directory: {run_dir}")
 
     @app.command("instance-evaluate", hidden=True)

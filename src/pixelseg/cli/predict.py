@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
                 compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the eager model")] = False,
                 threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
                 tile: Annotated[int | None, typer.Option(help="tile side: overlap-tile / sliding window")] = None,
-                overlap: Annotated[int, typer.Option(help="sliding-window overlap in pixels")] = 64,
+                overlap: Annotated[int | None, typer.Option(
+                    help="sliding-window overlap in pixels, below --tile [64, at most half the tile]")] = None,
                 tile_batch: Annotated[int, typer.Option(help="tiles per forward pass")] = 1,
                 blend: Annotated[str, typer.Option(help="'gaussian', 'cosine' or 'exact'")] = "gaussian",
                 tta_scales: Annotated[str | None, typer.Option(help="test-time scales, e.g. '0.75,1,1.25'")] = None,
@@ -45,6 +46,18 @@ def register(app: typer.Typer) -> None:
         from ..inference.tta import parse_scales
         from ..refiners.dense_crf import DenseCRFConfig
 
+        if threads is not None and threads < 1:
+            fail(f"--threads must be at least 1, got {threads}")
+        if tile is not None and tile < 1:
+            fail(f"--tile must be at least 1 pixel, got {tile}")
+        if overlap is not None and tile is not None and not 0 <= overlap < tile:
+            fail(f"--overlap must lie in [0, --tile) = [0, {tile}), got {overlap}")
+        if overlap is not None and overlap < 0:
+            fail(f"--overlap must be at least 0, got {overlap}")
+        if overlap is None:
+            overlap = min(64, tile // 2) if tile is not None else 64
+        if tile_batch < 1:
+            fail(f"--tile-batch must be at least 1, got {tile_batch}")
         options = InferenceOptions(backend=backend, optimize=optimize, compile=compile_, threads=threads, tile=tile,
                                    overlap=overlap, tile_batch=tile_batch, blend=blend, stream=stream,
                                    tta_scales=parse_scales(tta_scales) if tta_scales is not None else None,

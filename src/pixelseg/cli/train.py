@@ -21,5 +21,5 @@ def register(app: typer.Typer) -> None:
         from ..engine.config import load_config
         from ..engine.train import train as run_training
 
-        run_dir = run_training(load_config(config, list(set_ or [])), resume=resume, quiet=quiet)
+        run_dir = run_training(load_config(config, list(set_ or []), require_data=True), resume=resume, quiet=quiet)
         out.print(f"run directory: {run_dir}  (best model: {run_dir / 'best'}, log: {run_dir / 'log.csv'})")

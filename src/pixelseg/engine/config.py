@@ -14,6 +14,7 @@ read: :func:`upgrade_legacy_instance_config` rewrites them into these sections (
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,30 @@ from typing import Any
 
 from ..data.build import task_of_dataset
 from ..data.config import DataConfig
-from ..errors import PixelsegError
+from ..errors import PixelsegError, closest
 from ..io.config import apply_overrides, build_typed, read_yaml
 from ..models.config import ModelConfig
 
 TASKS = ("semantic", "volumetric", "instance")
+
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("poly", "step")
+
+
+def check_range(key: str, value: Any, ok: bool, allowed: str) -> None:
+    """Refuse ``value`` of config key ``key`` unless ``ok``, in one line naming the key and the allowed range."""
+    if not ok:
+        raise PixelsegError(f"{key} must be {allowed}, got {value!r}")
+
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise PixelsegError(f"unknown {key} '{value}' (choose one of: {', '.join(choices)}){closest(value, choices)}")
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
 
 
 @dataclass
@@ -33,6 +53,13 @@ class LossTerm:
     name: str = "cross_entropy"
     weight: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ..losses import LOSSES
+
+        check_choice("loss name", self.name, tuple(sorted(LOSSES)))
+        check_range(f"loss '{self.name}' weight", self.weight, _finite(self.weight) and self.weight >= 0,
+                    "a finite number >= 0")
 
 
 @dataclass
@@ -45,6 +72,20 @@ class OptimConfig:
     poly_power: float = 0.9
     warmup_steps: int = 0
     grad_clip: float | None = None  # clip the gradients' global norm to this
+
+    def __post_init__(self) -> None:
+        check_choice("optim.name", self.name, OPTIMIZERS)
+        check_choice("optim.schedule", self.schedule, SCHEDULES)
+        check_range("optim.lr", self.lr, _finite(self.lr) and self.lr > 0, "a finite number > 0")
+        check_range("optim.weight_decay", self.weight_decay, _finite(self.weight_decay) and self.weight_decay >= 0,
+                    "a finite number >= 0")
+        check_range("optim.momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)")
+        check_range("optim.poly_power", self.poly_power, _finite(self.poly_power) and self.poly_power > 0,
+                    "a finite number > 0")
+        check_range("optim.warmup_steps", self.warmup_steps, self.warmup_steps >= 0, "an integer >= 0")
+        if self.grad_clip is not None:
+            check_range("optim.grad_clip", self.grad_clip, _finite(self.grad_clip) and self.grad_clip > 0,
+                        "a finite number > 0 (or null: no clipping)")
 
 
 @dataclass
@@ -62,6 +103,33 @@ class TrainConfig:
     monitor: str | None = None  # the validation score that picks best/ (default: the task's)
     max_steps_per_epoch: int | None = None
     precise_bn_batches: int | None = None  # instance: recompute BatchNorm statistics before validating [50]
+    max_minutes: float | None = None  # time budget: stop cleanly (validated, checkpointed, saved) once spent
+
+    def __post_init__(self) -> None:
+        at_least_one = ("epochs", "val_every", "log_every")
+        at_least_one_when_set = ("steps", "threads", "val_every_steps", "checkpoint_every_steps",
+                                 "max_steps_per_epoch")
+        for name in at_least_one:
+            check_range(f"train.{name}", getattr(self, name), getattr(self, name) >= 1, "an integer >= 1")
+        for name in at_least_one_when_set:
+            value = getattr(self, name)
+            if value is not None:
+                check_range(f"train.{name}", value, value >= 1, "an integer >= 1 (or null)")
+        check_range("train.seed", self.seed, 0 <= self.seed < 2**32, "an integer in [0, 2^32)")
+        if self.precise_bn_batches is not None:
+            check_range("train.precise_bn_batches", self.precise_bn_batches, self.precise_bn_batches >= 0,
+                        "an integer >= 0 (or null: the task's default)")
+        if self.max_minutes is not None:
+            check_range("train.max_minutes", self.max_minutes, _finite(self.max_minutes) and self.max_minutes > 0,
+                        "a finite number of minutes > 0 (or null: no time budget)")
+        check_range("train.out_dir", self.out_dir, bool(self.out_dir.strip()), "a folder name")
+        try:
+            import torch
+
+            torch.device(self.device)
+        except RuntimeError:
+            raise PixelsegError(f"train.device must be a device such as cpu, cuda or cuda:1, got {self.device!r}") \
+                from None
 
 
 @dataclass
@@ -89,11 +157,19 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return build_typed(Config, upgrade_legacy_instance_config(values), "")
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """The config file (read once) with the ``key=value`` overrides applied, checked and typed."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
+                require_data: bool = False) -> Config:
+    """The config file (read once) with the ``key=value`` overrides applied, checked and typed.
+
+    ``require_data`` (``pixelseg train``): refuse a config that names no dataset instead of falling back to
+    the built-in Shapes set, which stays reachable by naming it (``data: {name: shapes}``)."""
     values = read_yaml(path) if path is not None else {}
     try:
         values = apply_overrides(upgrade_legacy_instance_config(values), overrides or [])
+        data = values.get("data")
+        if require_data and (data is None or (isinstance(data, dict) and "name" not in data)):
+            raise PixelsegError("the config names no dataset: add a 'data' section with a name (e.g. "
+                                "data: {name: camvid, root: ...}, or data: {name: shapes} for the built-in set)")
         return config_from_dict(values)
     except PixelsegError as err:
         raise PixelsegError(str(err), path) from None

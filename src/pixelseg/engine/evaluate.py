@@ -39,7 +39,10 @@ def saved_data_config(model: nn.Module, model_dir: Path) -> DataConfig:
     dataset = (model.pixelseg_config.get("data") or {}).get("dataset")
     if not dataset:
         raise PixelsegError("the model config does not name its dataset", model_dir / "config.json")
-    return build_typed(DataConfig, dataset, "data")
+    try:
+        return build_typed(DataConfig, dataset, "data")
+    except PixelsegError as err:
+        raise PixelsegError(str(err), model_dir / "config.json") from None
 
 
 def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides: dict[str, Any] | None = None,
@@ -60,7 +63,11 @@ def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides
         values = {**dataclasses.asdict(data_config), **data_overrides}
         data_config = build_typed(DataConfig, values, "data")  # unknown keys and bad types refused
     split = split or data_config.val_split
-    dataset = build_eval_dataset(data_config, info, split)
+    try:
+        dataset = build_eval_dataset(data_config, info, split)
+    except (ValueError, KeyError) as err:  # a dataset refusing the split name
+        raise PixelsegError(f"--split {split}: not a split of dataset '{data_config.name}' "
+                            f"({str(err).strip(chr(39))})") from None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_for(data_config))
     tta = {"scales": list(check_scales(tta_scales if tta_scales is not None else (1.0,))), "flip": tta_flip}
     forward = TestTimeAugmented(model, tta["scales"], tta_flip) if tta_scales is not None or tta_flip else model

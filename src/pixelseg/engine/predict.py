@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from PIL.Image import DecompressionBombError
 
 from ..errors import PixelsegError
 from ..inference.runner import InferenceOptions
@@ -84,14 +85,21 @@ def predict(model_path: str | Path, inputs: str | Path | Iterable[Path], out_dir
         try:
             report.written += predictor.predict_file(Path(path), out_dir)
             report.predicted += 1
-        except PixelsegError as err:
-            report.failed.append(str(err))
+        except (PixelsegError, OSError, DecompressionBombError) as err:  # this input only: report, go on
+            message = str(err) if isinstance(err, PixelsegError) else f"{path}: {_reason(err)}"
+            report.failed.append(message)
             if on_error:
-                on_error(str(err))
+                on_error(message)
     report.written += predictor.finish(out_dir)
     summary = getattr(predictor, "summary", None)
     report.lines = summary() if summary is not None else []
     return report
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}" + (f" ({error.filename})" if error.filename else "")
+    return f"{type(error).__name__}: {error}"
 
 
 def total_failures(local_failures: int) -> int:

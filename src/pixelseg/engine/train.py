@@ -24,7 +24,11 @@ import csv
 import io
 import json
 import math
+import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,24 +38,41 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from ..data.build import DataBundle, DatasetInfo, build_data
 from ..errors import PixelsegError, closest
 from ..io.checkpoint import atomic_write_bytes, load_training_state, save_training_state
 from ..models.pretrained import save_pretrained
 from ..tasks.base import Task, get_task
-from .config import Config, config_to_dict
+from .config import SCHEDULES, Config, config_to_dict
 
 console = Console(stderr=True)
 
 CLASS_WEIGHTINGS = ("median_frequency", "enet")
+# What a run writes into its folder; a run that fails before its first checkpoint removes those it created.
+RUN_FILES = ("config.yaml", "log.csv", "curves.png", "last.safetensors", "best", "last_model")
+
+clock = time.monotonic  # the time budget's clock (a seam for tests)
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped on a signal (SIGTERM) after writing a checkpoint; the message says where."""
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines[:2])[:300] or type(error).__name__
 
 
 def build_model_for(config: Config, info: DatasetInfo) -> nn.Module:
     """The configured model for a dataset, with the data facts it needs at inference saved in its config."""
     task = get_task(config.task or "semantic")
-    model = task.build_model(config.model, info)
+    try:
+        model = task.build_model(config.model, info)
+    except (ValueError, TypeError, RuntimeError, KeyError, AssertionError) as err:  # the builder refused model.*
+        raise PixelsegError(f"model '{config.model.name}' cannot be built from model.kwargs "
+                            f"{config.model.kwargs} ({type(err).__name__}: {_first_line(err)})") from None
     model.pixelseg_config["task"] = task.name
     model.pixelseg_config["data"] = {**asdict(info), "dataset": asdict(config.data)}
     if config.model.refine is not None:
@@ -82,10 +103,15 @@ def loss_terms(config: Config, data: DataBundle | None = None) -> list[dict[str,
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     optim = config.optim
     params = [p for p in model.parameters() if p.requires_grad]
-    if optim.name == "adamw":
-        return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
-    if optim.name == "sgd":
-        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    if not params:
+        raise PixelsegError(f"model '{config.model.name}' has no trainable parameters")
+    try:
+        if optim.name == "adamw":
+            return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+        if optim.name == "sgd":
+            return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    except ValueError as err:  # torch's own range checks of the optim section
+        raise PixelsegError(f"optim: {err}") from None
     raise PixelsegError(f"unknown optimizer '{optim.name}' (adamw or sgd)")
 
 
@@ -101,9 +127,6 @@ def step_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int = 0) 
     if step < warmup_steps:
         return base_lr * (0.001 + (1 - 0.001) * step / warmup_steps)
     return base_lr * (0.1 ** ((step >= math.floor(0.75 * total_steps)) + (step >= math.floor(0.9 * total_steps))))
-
-
-SCHEDULES = ("poly", "step")
 
 
 def learning_rate(config: Config, step: int, total_steps: int) -> float:
@@ -222,12 +245,50 @@ class Checkpointer(Hook):
                             info={"epoch": trainer.epoch, "epoch_step": trainer.epoch_step, "step": trainer.step,
                                   "best": trainer.best, "history": trainer.history,
                                   "running": trainer.running})
+        trainer.checkpointed = True
 
     def on_train_end(self, trainer: Trainer) -> None:
         save_pretrained(trainer.model, trainer.out_dir / "last_model")
 
 
 # ---- the loop ------------------------------------------------------------------------------------------
+
+class RecordedBatches(Sampler[list[int]]):
+    """The shuffled batches of an epoch (the same draws as ``DataLoader(shuffle=True)``), remembered so that
+    a failing step can name its batch's files."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, drop_last: bool, generator: torch.Generator) -> None:
+        self.batches = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last)
+        self.seen: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            self.seen.append(batch)
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def item_names(dataset: Any, indices: list[int]) -> list[str] | None:
+    """The file names of dataset items (``image_info`` or the image paths of a folder), or ``None``."""
+    names = []
+    for index in indices:
+        node, position = dataset, index
+        while hasattr(node, "indices") and hasattr(node, "dataset"):  # torch Subset
+            node, position = node.dataset, node.indices[position]
+        name = None
+        if hasattr(node, "image_info"):
+            name = node.image_info(position).get("file_name")
+        elif isinstance(getattr(node, "samples", None), list):
+            name = str(node.samples[position][0])
+        elif isinstance(getattr(node, "pairs", None), list):
+            name = str(node.pairs[position][0])
+        if name is None:
+            return None
+        names.append(str(name))
+    return names
+
 
 class Trainer:
     """Trains ``config`` with its task's plug-in; :meth:`fit` returns the run directory."""
@@ -238,6 +299,8 @@ class Trainer:
         self.task = get_task(config.task or "semantic")
         self.out_dir = Path(config.train.out_dir)
         self.state_path = self.out_dir / "last.safetensors"
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise PixelsegError("train.out_dir is a file, not a folder", self.out_dir)
         if self.state_path.exists() and not resume:
             raise PixelsegError("the run directory already holds a checkpoint; pass --resume to continue it "
                                 "or set train.out_dir to a new directory", self.out_dir)
@@ -250,6 +313,11 @@ class Trainer:
         self.best = -math.inf
         self.history: list[dict[str, Any]] = []
         self.running: dict[str, float] = {"loss": 0.0, "count": 0.0}
+        self.stop_signal: str | None = None  # set by the SIGTERM handler; acted on between steps
+        self.time_up = False
+        self.deadline: float | None = None
+        self.checkpointed = False  # this run wrote last.safetensors
+        self.created: list[Path] = []  # what this run created (removed if it fails before a checkpoint)
 
     # -- setup --
     def _setup(self) -> None:
@@ -287,9 +355,13 @@ class Trainer:
             if self.epoch_step:  # inside an epoch: replay its batch order, then the saved RNG state
                 self.rng_after_skip = torch.get_rng_state()
         else:
+            # Created only now that the data and the model are built: a refused config leaves no folder.
+            self.created = [path for path in [self.out_dir, *(self.out_dir / n for n in RUN_FILES)]
+                            if not path.exists()]
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.out_dir / "config.yaml",
                                yaml.safe_dump(config_to_dict(config), sort_keys=False).encode())
+        self.first_step = self.step
 
     def _epoch_loader(self) -> DataLoader:
         seed = self.config.train.seed * 100_003 + self.epoch
@@ -297,9 +369,10 @@ class Trainer:
         for term in (self.criterion.modules() if self.criterion is not None else []):
             if hasattr(term, "set_epoch"):  # scheduled losses (e.g. region_boundary) follow the epoch
                 term.set_epoch(self.epoch)
-        return DataLoader(self.data.train, batch_size=self.config.data.batch_size, shuffle=True,
-                          drop_last=self.task.drop_last, num_workers=self.config.data.num_workers,
-                          generator=torch.Generator().manual_seed(seed), collate_fn=self.data.collate)
+        generator = torch.Generator().manual_seed(seed)
+        self.batches = RecordedBatches(self.data.train, self.config.data.batch_size, self.task.drop_last, generator)
+        return DataLoader(self.data.train, batch_sampler=self.batches, num_workers=self.config.data.num_workers,
+                          generator=generator, collate_fn=self.data.collate)
 
     def _call(self, name: str, *args: Any) -> None:
         for hook in self.hooks:
@@ -311,14 +384,67 @@ class Trainer:
     # -- the loop --
     def fit(self) -> Path:
         self._setup()
+        budget = self.config.train.max_minutes
+        self.deadline = clock() + budget * 60 if budget is not None else None
         self._call("on_train_start")
+        installed, previous = self._catch_sigterm()
         try:
             self._loop()
         except BaseException:
             self._stop_display()
+            self._remove_unfinished_run()
             raise
+        finally:
+            if installed:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         self._call("on_train_end")
+        if self.time_up:
+            console.print(f"stopped at the time budget (train.max_minutes={budget:g}) after {self.step} steps "
+                          f"of {self.total_steps}; best/ and last_model/ are written, continue with --resume",
+                          highlight=False, soft_wrap=True)
         return self.out_dir
+
+    def _catch_sigterm(self) -> tuple[bool, Any]:
+        """SIGTERM (schedulers, ``docker stop``) stops training like Ctrl-C, after the current step and a
+        checkpoint; a second SIGTERM stops at once. Installed only while training, in the main thread;
+        returns whether it was installed and the handler it replaced."""
+        if threading.current_thread() is not threading.main_thread():
+            return False, None
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if self.stop_signal is not None:
+                raise TrainingStopped(f"terminated (second SIGTERM) at step {self.step}; the last checkpoint in "
+                                      f"{self.state_path} is intact; continue with --resume")
+            self.stop_signal = "SIGTERM"
+
+        return True, signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _stop_now(self, checkpointed: bool) -> None:
+        """Act on a SIGTERM received during the last step: checkpoint (unless just done) and stop."""
+        if self.stop_signal is None:
+            return
+        if not checkpointed:
+            self._call("on_checkpoint")
+        raise TrainingStopped(f"terminated ({self.stop_signal}) at step {self.step}: checkpoint written to "
+                              f"{self.state_path}; continue with --resume")
+
+    def _out_of_time(self) -> bool:
+        return self.deadline is not None and clock() >= self.deadline
+
+    def _remove_unfinished_run(self) -> None:
+        """A run that fails before its first checkpoint leaves nothing behind (only what it created goes)."""
+        if self.resume or self.checkpointed or not self.created:
+            return
+        for path in reversed(self.created):
+            if path == self.out_dir:
+                try:
+                    path.rmdir()  # only if empty: anything else in it is not this run's
+                except OSError:
+                    pass
+            elif path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     def _loop(self) -> None:
         train_cfg = self.config.train
@@ -340,28 +466,66 @@ class Trainer:
                 finished = self.step >= self.total_steps
                 if end_of_epoch or finished:
                     break
+                checkpointed = False
+                if self._out_of_time():
+                    self.time_up = True
+                    self._validate_and_log(started, end_of_epoch=False)
+                    return
                 if train_cfg.val_every_steps and self.step % train_cfg.val_every_steps == 0:
                     self._validate_and_log(started, end_of_epoch=False)
                     started = time.perf_counter()
+                    checkpointed = True
                 elif train_cfg.checkpoint_every_steps and self.step % train_cfg.checkpoint_every_steps == 0:
                     self._call("on_checkpoint")
+                    checkpointed = True
+                self._stop_now(checkpointed)
             finished = self.step >= self.total_steps
+            self.time_up = not finished and self._out_of_time()
             if train_cfg.val_every_steps:
-                validate = self.step % train_cfg.val_every_steps == 0 or finished
+                validate = self.step % train_cfg.val_every_steps == 0 or finished or self.time_up
             else:
-                validate = (self.epoch + 1) % train_cfg.val_every == 0 or finished
+                validate = (self.epoch + 1) % train_cfg.val_every == 0 or finished or self.time_up
             self._validate_and_log(started, end_of_epoch=self.epoch_step >= self.steps_per_epoch, validate=validate)
+            if self.time_up:
+                return
+            if not finished:
+                self._stop_now(checkpointed=True)
 
     def _stop_display(self) -> None:
         for hook in self.hooks:
             if isinstance(hook, ProgressDisplay):
                 hook.on_train_end(self)
 
+    def _batch_files(self) -> str:
+        seen = getattr(self, "batches", None)
+        position = self.epoch_step
+        if seen is None or position >= len(seen.seen):
+            return "the data cannot name this batch's files"
+        names = item_names(self.data.train, seen.seen[position])
+        if names is None:
+            return f"the data cannot name this batch's files (items {seen.seen[position]} of the training set)"
+        return "batch files: " + ", ".join(names)
+
     def _train_step(self, batch: Any) -> None:
         self._call("on_step_start")
-        result = compute_loss(self.task, self.model, batch, self.criterion, self.device)
+        try:
+            result = compute_loss(self.task, self.model, batch, self.criterion, self.device)
+        except torch.OutOfMemoryError:
+            raise PixelsegError(f"out of memory on {self.device} at step {self.step + 1}; lower data.batch_size "
+                                "or the image size") from None
+        except RuntimeError as err:
+            if self.step != self.first_step:
+                raise
+            # At the first step a RuntimeError is the model refusing the data (channels, sizes, classes).
+            raise PixelsegError(f"model '{self.config.model.name}' cannot take the data's batches "
+                                f"({_first_line(err)}); check model.in_channels and model.kwargs against "
+                                f"data '{self.config.data.name}'") from None
         if not torch.isfinite(result.total):
-            raise PixelsegError(f"the loss became {result.total.item()} at step {self.step}; lower optim.lr")
+            parts = ", ".join(f"{name}={float(value):.4g}" for name, value in result.parts.items()) or "none"
+            kept = f"the last good checkpoint is kept in {self.state_path}" if self.state_path.exists() else \
+                "no checkpoint was written yet"
+            raise PixelsegError(f"the loss became {result.total.item()} at step {self.step + 1} (loss parts: "
+                                f"{parts}; {self._batch_files()}); {kept}; lower optim.lr or check those files")
         self.optimizer.zero_grad(set_to_none=True)
         result.total.backward()
         if self.config.optim.grad_clip:
@@ -403,7 +567,7 @@ class Trainer:
 
     def _precise_bn_batches(self) -> int:
         value = self.config.train.precise_bn_batches
-        return getattr(self.task, "precise_bn_batches", 0) if value is None else value
+        return self.task.precise_bn_batches if value is None else value
 
 
 def train(config: Config, *, resume: bool = False, quiet: bool = False) -> Path:

@@ -23,8 +23,17 @@ from safetensors.torch import load, save
 from ..errors import PixelsegError
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync of the directory)."""
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync of the directory).
+
+    The file gets the mode an ordinary ``open`` would give it (``0o666`` less the umask), not the ``0o600``
+    of the temporary file, so that a shared run folder stays readable by the team."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -33,6 +42,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o666 & ~current_umask())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -128,6 +138,10 @@ def load_training_state(path: str | Path, *, model: torch.nn.Module,
         raise PixelsegError(f"checkpoint does not fit the configured model ({str(err).splitlines()[0]})",
                             path) from None
     optim_tensors = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
-    optimizer.load_state_dict(unflatten_optimizer_state(optim_tensors, optim_plain))
-    torch.set_rng_state(tensors["rng.torch"])
+    try:
+        optimizer.load_state_dict(unflatten_optimizer_state(optim_tensors, optim_plain))
+        torch.set_rng_state(tensors["rng.torch"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise PixelsegError(f"checkpoint does not fit the configured optimizer ({str(err).splitlines()[0]}); "
+                            "optim.name must be the one the run was started with", path) from None
     return info

@@ -46,9 +46,60 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         raise PixelsegError(f"unreadable model config ({err})", config_path) from None
-    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+    if not isinstance(config, dict) or "name" not in config:
         raise PixelsegError("not a pixelseg model config (no model name)", config_path)
+    check_model_config(config, config_path)
     return config
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# config.json is not trusted: every key that is read is checked to have its type before it is used.
+_CHECKS: dict[str, tuple[Any, str]] = {
+    "name": (lambda v: isinstance(v, str) and bool(v), "a model name (text)"),
+    "num_classes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "in_channels": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "encoder": (lambda v: v is None or isinstance(v, str), "text or null"),
+    "kwargs": (lambda v: isinstance(v, dict), "a JSON object"),
+    "task": (lambda v: v is None or isinstance(v, str), "text or null"),
+    "data": (lambda v: v is None or isinstance(v, dict), "a JSON object or null"),
+    "refine": (lambda v: v is None or isinstance(v, dict), "a JSON object or null"),
+    "category_ids": (lambda v: isinstance(v, list) and all(_is_int(i) for i in v), "a list of integers"),
+    "class_names": (lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v), "a list of names"),
+}
+_DATA_CHECKS: dict[str, tuple[Any, str]] = {
+    "classes": (lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v), "a list of names"),
+    "num_classes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "in_channels": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "mean": (lambda v: isinstance(v, list) and all(_is_number(i) for i in v), "a list of numbers"),
+    "std": (lambda v: isinstance(v, list) and all(_is_number(i) and i > 0 for i in v), "a list of numbers > 0"),
+    "dataset": (lambda v: v is None or isinstance(v, dict), "a JSON object"),
+    "palette": (lambda v: isinstance(v, list) and all(isinstance(c, list) and all(_is_int(i) and 0 <= i < 256
+                                                                                   for i in c) for c in v),
+                "a list of [r, g, b] colours"),
+    "image_mode": (lambda v: isinstance(v, str), "a Pillow mode (text)"),
+    "ignore_index": (lambda v: _is_int(v), "an integer"),
+    "spatial_dims": (lambda v: v in (2, 3) and _is_int(v), "2 or 3"),
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_model_config(config: dict[str, Any], config_path: Path) -> None:
+    """Refuse a ``config.json`` whose keys do not have their types, naming the file and the key."""
+    if "num_classes" not in config:
+        raise PixelsegError("'num_classes' is missing", config_path)
+    for key, (ok, what) in _CHECKS.items():
+        if key in config and not ok(config[key]):
+            raise PixelsegError(f"'{key}' must be {what}, not {config[key]!r}", config_path)
+    for key, (ok, what) in _DATA_CHECKS.items():
+        data = config.get("data") or {}
+        if key in data and not ok(data[key]):
+            raise PixelsegError(f"'data.{key}' must be {what}, not {data[key]!r}", config_path)
 
 
 def read_model_weights(directory: str | Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
