@@ -37,6 +37,14 @@ TINY = {
     "optim": {"lr": 0.01},
     "train": {"epochs": 2, "threads": 1},
 }
+TINY_VOLUME = {
+    "model": {"name": "vnet", "kwargs": {"channels": [4, 8, 16], "down_convs": [1, 2, 2], "up_convs": [2, 1]}},
+    "data": {"name": "synthetic_volumes", "num_samples": 6, "val_samples": 1, "image_size": 16,
+             "patch_size": [16, 16, 16], "batch_size": 2, "dflip": True},
+    "loss": [{"name": "vnet_dice"}],
+    "optim": {"lr": 3e-3},
+    "train": {"epochs": 2, "threads": 1},
+}
 TINY_INSTANCE = {
     "task": "instance",
     "model": {"name": "mask_rcnn", "kwargs": {
@@ -421,14 +429,16 @@ def _train_with_kills(config_path: Path, out_dir: Path, delays: list[float]) -> 
     return kills
 
 
-@pytest.mark.parametrize("base", [TINY, TINY_INSTANCE], ids=["semantic", "instance"])
+@pytest.mark.parametrize("base", [TINY, TINY_VOLUME, TINY_INSTANCE], ids=["semantic", "volumetric", "instance"])
 def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path: Path, base: dict) -> None:
     seed = int(os.environ.get("PIXELSEG_KILL_SEED", random.randrange(10**6)))
-    sections = {"train": {"epochs": 3, "checkpoint_every_steps": 1}} if base is TINY else {"train": {"steps": 8}}
+    sections = {"train": {"steps": 8}} if base is TINY_INSTANCE else {"train": {"epochs": 3, "checkpoint_every_steps": 1}}
+    started = time.perf_counter()
     straight = train(load_config(write_config(tmp_path, "straight", base, **sections)), quiet=True)
+    duration = time.perf_counter() - started  # the kills land inside a run of this length, whatever the machine
     killed_config = write_config(tmp_path, "killed", base, **sections)
     rng = random.Random(seed)
-    delays = [rng.uniform(0.3, 1.5) for _ in range(3)]
+    delays = [rng.uniform(0.2, 0.8) * duration for _ in range(3)]
     kills = _train_with_kills(killed_config, tmp_path / "killed", delays)
     assert kills >= 1, f"training ended before the first kill (delays {delays}): make the run longer"
     expected = load_state_dict(straight / "last_model" / "model.safetensors")

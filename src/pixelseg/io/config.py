@@ -44,8 +44,10 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
         return value
     if dataclasses.is_dataclass(annotation):
         return build_typed(annotation, value, key)
-    if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+    if annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise PixelsegError(f"'{key}' must be a number, not {value!r}")
     if annotation is bool and not isinstance(value, bool):
         raise PixelsegError(f"'{key}' must be true or false, not {value!r}")
     if annotation in (int, str) and (not isinstance(value, annotation) or isinstance(value, bool)):
@@ -73,9 +75,15 @@ def build_typed(cls: type, values: Any, prefix: str) -> Any:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"optim.lr=0.01"`` → (["optim", "lr"], 0.01); the value is parsed as YAML."""
     if "=" not in text:
-        raise PixelsegError(f"--set expects key=value, got '{text}'")
+        raise PixelsegError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    path = key.strip().split(".")
+    if not all(part.strip() for part in path):
+        raise PixelsegError(f"--set {text!r}: the key has an empty part")
+    try:
+        return path, yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise PixelsegError(f"--set {text!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -85,7 +93,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise PixelsegError(f"--set {text}: '{part}' is not a section")
+                raise PixelsegError(f"--set {text!r}: '{part}' is not a section")
         node[path[-1]] = value
     return values
 
