@@ -82,3 +82,18 @@ def test_bad_arguments_give_one_clear_line(app: typer.Typer, image_file: Path, t
     assert box.exit_code == 2 and "box (0, 0, 90, 10) is not inside the 48x40 image" in box.output
     missing = runner.invoke(app, ["segment", str(tmp_path / "nope.png"), "--out", str(tmp_path)])
     assert missing.exit_code == 2 and "nope.png: no such image file" in missing.output
+
+
+def test_a_bad_image_is_reported_and_the_others_are_still_segmented(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pixelseg.cli import app
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(good)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    result = CliRunner().invoke(app, ["segment", str(tmp_path / "broken.png"), str(good), "--method", "slic",
+                                      "--k", "4", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "broken.png" in result.output and "1 image(s) failed" in result.output
+    assert (tmp_path / "out" / "good_slic_k4_labels.png").is_file()

@@ -27,6 +27,7 @@ import typer
 
 from ..errors import PixelsegError, closest
 from ..io.images import read_mask, read_rgb
+from .base import err, fail
 
 METHODS = ("kmeans", "slic", "dpgmm", "meanshift", "graphcut", "grabcut")
 
@@ -158,9 +159,12 @@ def write_outputs(image: np.ndarray, labels: np.ndarray, stem: Path) -> list[Pat
 
 
 def run_segment(images: list[Path], method: str, out_dir: Path, ks: list[int], options: dict[str, Any],
-                echo: Callable[[str], None] | None = None) -> list[Path]:
+                echo: Callable[[str], None] | None = None,
+                on_error: Callable[[str], None] | None = None) -> list[Path]:
     """Segment every image with every K (methods without K run once); returns the files written.
-    ``echo`` receives a line per k-means result saying how many connected regions its K clusters gave."""
+    ``echo`` receives a line per k-means result saying how many connected regions its K clusters gave.
+    With ``on_error``, a problem with one image (unreadable, no box for it, ...) is reported there in one
+    line and the other images are still segmented; without it the first problem is raised."""
     if method not in METHODS:
         raise PixelsegError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}"
                             + closest(method, METHODS))
@@ -175,20 +179,32 @@ def run_segment(images: list[Path], method: str, out_dir: Path, ks: list[int], o
     sweep: list[int | None] = list(ks) if ks and method in ("kmeans", "slic", "dpgmm") else [None]
     written: list[Path] = []
     for path in images:
-        image = read_rgb(path)
-        per_image = {**options, **inputs_of(path, options, image.shape[:2])}
-        if method in ("graphcut", "grabcut") and per_image["box"] is None and per_image["seeds"] is None \
-                and (options.get("boxes") is not None or options.get("scribbles_dir") is not None):
-            raise PixelsegError("no box in --boxes and no scribbles in --scribbles-dir for this image", path)
-        for k in sweep:
-            labels = segment_image(image, method, k, per_image)
-            if echo is not None and method == "kmeans":
-                count = int(labels.max()) + 1
-                note = "merged with --regions" if options.get("regions") is not None else \
-                    "k-means clusters are split into connected regions; --regions N merges down to N"
-                echo(f"{path.name}: K = {k or 100} gave {count} regions ({note})")
-            suffix = f"_{method}" + (f"_k{k}" if k is not None else "")
-            written += write_outputs(image, labels, out_dir / f"{path.stem}{suffix}")
+        try:
+            written += _segment_one(path, method, out_dir, sweep, options, echo)
+        except PixelsegError as error:
+            if on_error is None:
+                raise
+            on_error(str(error))
+    return written
+
+
+def _segment_one(path: Path, method: str, out_dir: Path, sweep: list[int | None], options: dict[str, Any],
+                 echo: Callable[[str], None] | None) -> list[Path]:
+    written: list[Path] = []
+    image = read_rgb(path)
+    per_image = {**options, **inputs_of(path, options, image.shape[:2])}
+    if method in ("graphcut", "grabcut") and per_image["box"] is None and per_image["seeds"] is None \
+            and (options.get("boxes") is not None or options.get("scribbles_dir") is not None):
+        raise PixelsegError("no box in --boxes and no scribbles in --scribbles-dir for this image", path)
+    for k in sweep:
+        labels = segment_image(image, method, k, per_image)
+        if echo is not None and method == "kmeans":
+            count = int(labels.max()) + 1
+            note = "merged with --regions" if options.get("regions") is not None else \
+                "k-means clusters are split into connected regions; --regions N merges down to N"
+            echo(f"{path.name}: K = {k or 100} gave {count} regions ({note})")
+        suffix = f"_{method}" + (f"_k{k}" if k is not None else "")
+        written += write_outputs(image, labels, out_dir / f"{path.stem}{suffix}")
     return written
 
 
@@ -204,9 +220,23 @@ def split_sweep(images: list[Path], ks: list[int]) -> tuple[list[Path], list[int
     return files, list(ks) + extra
 
 
+def report_run(run: Callable[..., list[Path]], *args: Any) -> None:
+    """Run the segmentation, one line per failed image on stderr; exit 2 at the end if any failed."""
+    failed: list[str] = []
+
+    def report(message: str) -> None:
+        failed.append(message)
+        err.print(f"error: {message}", highlight=False, soft_wrap=True)
+
+    written = run(*args, echo=typer.echo, on_error=report)
+    print(f"{len(written) // 2} segmentations written to {args[2]}")
+    if failed:
+        fail(f"{len(failed)} image(s) failed (see above); the others were written")
+
+
 def register(app: typer.Typer) -> None:
     """Add ``segment`` and ``kmeans`` to the ``pixelseg`` command."""
-    from .base import friendly  # PixelsegError -> one line on stderr, exit code 2
+    from .base import friendly  # bad input -> one line on stderr, exit code 2
 
     @app.command()
     @friendly
@@ -245,8 +275,7 @@ def register(app: typer.Typer) -> None:
                    "box": parse_box(box) if box is not None else None,
                    "boxes": read_boxes(boxes) if boxes is not None else None,
                    "iterations": iterations, "regions": regions, "seed": seed}
-        written = run_segment(files, method, out_dir, ks, options, echo=typer.echo)
-        print(f"{len(written) // 2} segmentations written to {out_dir}")
+        report_run(run_segment, files, method, out_dir, ks, options)
 
     @app.command("kmeans")
     @friendly
@@ -264,5 +293,4 @@ def register(app: typer.Typer) -> None:
         files, ks = split_sweep(images, list(k))
         options = {"spatial_weight": spatial_weight, "merge_threshold": merge_threshold, "min_size": min_size,
                    "regions": regions, "seed": seed}
-        written = run_segment(files, "kmeans", out_dir, ks, options, echo=typer.echo)
-        print(f"{len(written) // 2} segmentations written to {out_dir}")
+        report_run(run_segment, files, "kmeans", out_dir, ks, options)
