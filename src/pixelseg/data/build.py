@@ -15,8 +15,12 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from ..errors import PixelsegError, closest
 from ..io.render import default_palette
+from .ade20k import ADE20K
 from .camvid import CamVid
+from .cityscapes import Cityscapes
+from .coco_stuff import CocoStuff
 from .config import DataConfig
+from .drive import Drive
 from .folder import SegmentationFolder
 from .instances import (
     CocoInstances,
@@ -26,15 +30,34 @@ from .instances import (
     collate_detection,
 )
 from .isbi import ISBI2012
+from .medical import PROMISE12_CLASSES, MedicalVolumes
 from .shapes import Shapes
 from .stats import ClassStats, count_dataset_classes
 from .transforms import default_normalization, evaluation_transform, training_transform
+from .voc import VOC, VOCAug
 from .volumes import ISBI2012Volume, RandomVolumePatch, SyntheticVolumes, VolumeFolder
+from .weizmann import WeizmannHorse
 
 Kind = Literal["semantic", "volumetric", "instance"]
 
-SEMANTIC_DATASETS = ("shapes", "folder", "camvid", "isbi2012")
-VOLUME_DATASETS = ("volumes", "synthetic_volumes", "isbi2012_volume")
+# The benchmarks' readers under ``root``: each takes (root, split, ignore_index=, transform=, strict=).
+BENCHMARK_READERS: dict[str, Callable[..., Any]] = {
+    "voc": VOC, "voc_aug": VOCAug, "cityscapes": Cityscapes, "ade20k": ADE20K, "coco_stuff": CocoStuff,
+    "drive": Drive, "weizmann_horse": WeizmannHorse}
+# Each benchmark's splits, and why it has no labelled test split where it has none.
+BENCHMARK_SPLITS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "voc": (("train", "val", "trainval"), "PASCAL VOC 2012's test labels were never released; score on 'val'"),
+    "voc_aug": (("train", "val"), "PASCAL VOC 2012's test labels were never released; score on 'val'"),
+    "cityscapes": (("train", "val"), "Cityscapes' test labels are withheld by its benchmark server; score on 'val'"),
+    "ade20k": (("train", "val"), "ADE20K SceneParsing's test labels are not public; score on 'val'"),
+    "coco_stuff": (("train", "val"), "COCO-Stuff's test-dev labels are withheld; score on 'val'"),
+    "drive": (("train", "val", "trainval", "test"), None),
+    "weizmann_horse": (("train", "val", "test", "all"), None),
+    "medical": (("train", "val", "all"), "the medical volumes' test cases come without labels; score on 'val'"),
+    "promise12": (("train", "val", "all"), "PROMISE12's test cases come without labels; score on 'val'"),
+}
+SEMANTIC_DATASETS = ("shapes", "folder", "camvid", "isbi2012", *BENCHMARK_READERS)
+VOLUME_DATASETS = ("volumes", "synthetic_volumes", "isbi2012_volume", "medical", "promise12")
 INSTANCE_DATASETS = ("synthetic_instances", "coco_instances", "instance_folder")
 DATASET_NAMES = (*SEMANTIC_DATASETS, *VOLUME_DATASETS, *INSTANCE_DATASETS)
 SYNTHETIC_VOLUME_SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -128,6 +151,7 @@ def build_data(config: DataConfig) -> DataBundle:
         val = _make_volumes(config, config.val_split, False, None)
         info = _volume_info(config, val)
     else:
+        _refuse_without_masks(config, config.train_split, config.val_split, why="training")
         image_mode, mean, std = _normalization(config)
         train = _make_images(config, config.train_split, True,
                              training_transform(config.augment(), mean, std, config.ignore_index))
@@ -162,6 +186,7 @@ def dataset_stats(data_config: DataConfig, split: str | None = None, limit: int 
     """Count the classes of a split (default: the training split) of the dataset a ``DataConfig`` names."""
     if split is not None:
         check_split(data_config, split)
+    _refuse_without_masks(data_config, split or data_config.train_split, why="class statistics")
     bundle = build_data(data_config)
     if split is None or split == data_config.train_split:
         return bundle.class_stats(limit)
@@ -176,6 +201,12 @@ def dataset_splits(config: DataConfig) -> dict[str, str | None]:
     task_of_dataset(name)
     if name in ("shapes", "synthetic_volumes", "synthetic_instances", "camvid"):
         return {"train": None, "val": None, "test": None}
+    if name in BENCHMARK_SPLITS:
+        names, no_test = BENCHMARK_SPLITS[name]
+        splits = dict.fromkeys(names)
+        if "test" not in splits:
+            splits["test"] = f"{name} has no labelled test split: {no_test}"
+        return splits
     if name in ("isbi2012", "isbi2012_volume"):
         # The challenge's 30 test sections were released without labels: nothing to score against.
         return {"train": None, "val": None, "all": None,
@@ -186,7 +217,8 @@ def dataset_splits(config: DataConfig) -> dict[str, str | None]:
         splits["all"] = None
     if "test" not in splits:
         keys = _TEST_KEYS[name]
-        missing = [key for key in keys if getattr(config, key) is None]
+        needed = keys[:1] if name == "folder" else keys  # a folder's test images alone: prediction only
+        missing = [key for key in needed if getattr(config, key) is None]
         splits["test"] = (f"data.name '{name}' has a test split only when the config names it: set "
                           f"{' and '.join(f'data.{key}' for key in keys)}") if missing else None
     return splits
@@ -203,6 +235,17 @@ def check_split(config: DataConfig, split: str) -> None:
 
 
 # ---- checks and normalisation --------------------------------------------------------------------------
+
+def _refuse_without_masks(config: DataConfig, *splits: str, why: str) -> None:
+    """A folder split named without its masks is a prediction-only set: refused for what needs labels."""
+    if config.name != "folder":
+        return
+    for split in splits:
+        images, masks = _folder_keys(config, split, "images", "masks")
+        if getattr(config, images) is not None and getattr(config, masks) is None:
+            raise PixelsegError(f"{why} needs masks, but data.{masks} is not set: the images of "
+                                f"data.{images} are a prediction-only set")
+
 
 def _require(config: DataConfig, *names: str) -> None:
     for name in names:
@@ -234,7 +277,8 @@ def _folder_keys(config: DataConfig, split: str, first: str, second: str) -> tup
 
 def _normalization(config: DataConfig) -> tuple[str, list[float], list[float]]:
     """The image mode of a 2D dataset and the mean and std its images are normalised with."""
-    image_mode = {"isbi2012": "L", "shapes": "RGB", "camvid": "RGB"}.get(config.name, config.image_mode)
+    image_mode = "L" if config.name == "isbi2012" else "RGB" if config.name in (
+        "shapes", "camvid", *BENCHMARK_READERS) else config.image_mode
     mean, std = default_normalization(len(image_mode))
     return image_mode, list(config.mean or mean), list(config.std or std)
 
@@ -252,11 +296,16 @@ def _make_images(config: DataConfig, split: str, train: bool, transform: Callabl
     if config.name == "isbi2012":
         _require(config, "root")
         return ISBI2012(config.root, split, transform=transform, ignore_index=config.ignore_index)
+    if config.name in BENCHMARK_READERS:
+        _require(config, "root")
+        return BENCHMARK_READERS[config.name](config.root, split, ignore_index=config.ignore_index,
+                                              transform=transform)
     images, masks = _folder_keys(config, split, "images", "masks")
-    _require(config, images, masks)
+    _require(config, images)
     if config.classes is None:
         raise PixelsegError("data.classes must list the class names for data.name 'folder'")
-    return SegmentationFolder(Path(getattr(config, images)), Path(getattr(config, masks)),
+    masks_dir = getattr(config, masks)  # absent: a prediction-only set of images
+    return SegmentationFolder(Path(getattr(config, images)), Path(masks_dir) if masks_dir is not None else None,
                               classes=config.classes, palette=config.palette,
                               ignore_index=config.ignore_index, image_mode=config.image_mode,
                               transform=transform)
@@ -272,6 +321,14 @@ def _make_volumes(config: DataConfig, split: str, train: bool, transform: Callab
     if config.name == "isbi2012_volume":
         _require(config, "root")
         return ISBI2012Volume(config.root, split, transform=transform)
+    if config.name in ("medical", "promise12"):
+        _require(config, "root")
+        if config.name == "medical" and config.classes is None:
+            raise PixelsegError("data.classes must list the class names for data.name 'medical' "
+                                "(background first; 'promise12' knows its own)")
+        classes = PROMISE12_CLASSES if config.name == "promise12" else config.classes
+        return MedicalVolumes(config.root, split, classes=classes, palette=config.palette,
+                              ignore_index=config.ignore_index, transform=transform)
     images, labels = _folder_keys(config, split, "images", "masks")
     _require(config, images, labels)
     if config.classes is None:
@@ -323,3 +380,40 @@ def _instance_info(config: DataConfig, train: Dataset, val: Dataset) -> DatasetI
     return DatasetInfo(classes=classes, palette=palette, in_channels=3, image_mode="RGB",
                        ignore_index=config.ignore_index, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],
                        category_ids=list(train.category_ids))
+
+
+# ---- checking a local copy -----------------------------------------------------------------------------
+
+CHECKABLE = (*BENCHMARK_READERS, "medical", "promise12")
+
+
+def check_dataset(name: str, root: str | Path, classes: list[str] | None = None) -> list[str]:
+    """Every problem of a local copy of benchmark ``name`` under ``root``, one line each: files its split
+    lists name but that are missing, images without labels (or labels without images), unreadable files and
+    label values outside the benchmark's classes. Each sample of each split is read once."""
+    if name not in CHECKABLE:
+        raise PixelsegError(f"no check for dataset '{name}'; checkable: {', '.join(CHECKABLE)}"
+                            f"{closest(name, CHECKABLE)}")
+    problems: list[str] = []
+    seen: set[Path] = set()
+    for split in BENCHMARK_SPLITS[name][0]:
+        try:
+            if name in BENCHMARK_READERS:
+                dataset = BENCHMARK_READERS[name](root, split, strict=False)
+            else:
+                dataset = MedicalVolumes(root, split, classes=classes or PROMISE12_CLASSES, strict=False)
+        except PixelsegError as err:
+            problems.append(f"{split}: {err}")
+            continue
+        for line in dataset.problems:  # a file missing from two lists (train, trainval) is one problem
+            if line.split(": ")[0] not in {known.split(": ")[0] for known in problems}:
+                problems.append(line)
+        for index, (image, _) in enumerate(dataset.samples):
+            if image in seen:
+                continue
+            seen.add(image)
+            try:
+                dataset.load(index)
+            except PixelsegError as err:
+                problems.append(str(err))
+    return problems

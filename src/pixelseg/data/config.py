@@ -26,12 +26,18 @@ class DataConfig:
 
     Semantic (2D): ``shapes`` (built in: ``num_samples``/``val_samples`` images of side ``image_size``),
     ``folder`` (``train_images``/``train_masks``, ``val_images``/``val_masks`` and, for a held-out
-    ``test`` split, ``test_images``/``test_masks``; ``classes`` given), ``camvid`` or ``isbi2012`` (``root``).
+    ``test`` split, ``test_images``/``test_masks``; ``classes`` given; a split whose ``*_masks`` key is
+    absent is a prediction-only set, refused for training and statistics), ``camvid`` or ``isbi2012``
+    (``root``). The benchmarks, each read from ``root`` in its official layout with its own classes,
+    palette, ignore rule and splits: ``voc`` (train/val/trainval), ``voc_aug`` (train = SBD train_aug,
+    val), ``cityscapes``, ``ade20k``, ``coco_stuff`` (train/val), ``drive`` (train/val/trainval/test)
+    and ``weizmann_horse`` (train/val/test/all); see their modules in ``pixelseg.data``.
 
     Volumetric (3D models such as V-Net): ``volumes`` (``.npy``/``.tif`` stacks in the same four folder
     keys, ``classes`` given), ``synthetic_volumes`` (built in: cubes of side ``image_size``) and
     ``isbi2012_volume`` (``root``: the ISBI 2012 stack as one EM volume); ``volumes`` has a ``test``
-    split in ``test_images``/``test_masks``. They train on random
+    split in ``test_images``/``test_masks``. ``medical`` (NIfTI / MetaImage cases under ``root``,
+    ``classes`` given) and ``promise12`` (the same reader, background/prostate) split train/val/all. They train on random
     ``patch_size`` [D, H, W] crops with ``hflip``/``vflip``/``rotate90`` in the plane and ``dflip``.
 
     Instance: ``synthetic_instances`` (built in: ``num_samples``/``val_samples`` images of side
@@ -50,7 +56,7 @@ class DataConfig:
     """
 
     name: str = "shapes"
-    root: str | None = None
+    root: str | None = None  # camvid, isbi2012, instance_folder and the benchmarks (voc, cityscapes, ...)
     train_images: str | None = None
     train_masks: str | None = None
     val_images: str | None = None

@@ -1,10 +1,14 @@
-"""Image/mask pairs from two folders, paired by file stem.
+"""Image/mask pairs: the shared base of every 2D reader (:class:`LabelledImages`) and the folder reader.
 
 Masks are index PNGs (one class index per pixel: ``L``, ``P``, 16-bit values kept as they are) or RGB
 colour PNGs decoded with a palette; images and masks are both turned by their own EXIF orientation (see
-:mod:`pixelseg.io.images` for the rules, and for how 16-bit and float images are scaled). Every problem with a file — a missing folder, an image without a mask, an unreadable or
-truncated file, a mask whose size differs from its image, a label outside ``[0, num_classes)`` that is
-not ``ignore_index`` — is a one-line ``PixelsegError`` naming the file.
+:mod:`pixelseg.io.images` for the rules, and for how 16-bit and float images are scaled). Every problem with a
+file — a missing folder, an image without a mask, an unreadable or truncated file, a mask whose size differs
+from its image, a label outside ``[0, num_classes)`` that is not ``ignore_index`` — is a one-line
+``PixelsegError`` naming the file.
+
+A folder without masks (``masks_dir=None``) is a prediction-only set: its samples are images alone, and
+anything that needs labels (training, evaluation, class statistics) refuses it in one line.
 """
 
 from __future__ import annotations
@@ -42,46 +46,69 @@ def decode_mask(path: Path, palette: Palette | None, ignore_index: int) -> np.nd
     return values[position]
 
 
-class SegmentationFolder(Dataset):
-    """``images_dir/<stem>.<ext>`` paired with ``masks_dir/<stem>.png`` (any image suffix)."""
+def lookup_table(mapping: dict[int, int], size: int, default: int) -> np.ndarray:
+    """An int64 table of ``size`` entries: ``table[raw] = mapping.get(raw, default)``, to relabel by indexing."""
+    table = np.full(size, default, dtype=np.int64)
+    for source, target in mapping.items():
+        table[source] = target
+    return table
 
-    def __init__(self, images_dir: str | Path, masks_dir: str | Path, *, num_classes: int | None = None,
-                 classes: Sequence[str] | None = None, palette: Palette | None = None,
-                 ignore_index: int = 255, image_mode: str = "RGB",
-                 transform: Callable | None = None, label_map: dict[int, int] | None = None) -> None:
-        self.images_dir, self.masks_dir = Path(images_dir), Path(masks_dir)
-        images = list_images(self.images_dir)
-        masks = {p.stem: p for p in list_images(self.masks_dir)}
-        if not images:
-            raise PixelsegError("no images found", self.images_dir)
-        for image in images:
-            if image.stem not in masks:
-                raise PixelsegError(f"image has no mask in {self.masks_dir}", image)
-        self.samples = [(image, masks[image.stem]) for image in images]
-        if classes is None and num_classes is None:
-            raise ValueError("give classes or num_classes")
-        self.classes = list(classes) if classes is not None else [f"class_{i}" for i in range(num_classes)]
+
+def relabel(raw: np.ndarray, table: np.ndarray, path: Path) -> np.ndarray:
+    """``table[raw]``; a raw value the table does not cover is refused, naming the file."""
+    bad = (raw < 0) | (raw >= len(table))
+    if bad.any():
+        raise PixelsegError(f"label value {int(raw[bad][0])} is not one of the dataset's {len(table)} raw "
+                            "label values", path)
+    return table[raw]
+
+
+class LabelledImages(Dataset):
+    """A list of ``(image, mask or None)`` files with the dataset's classes, palette and ignore rule.
+
+    Readers fill :attr:`samples` and override :meth:`read_label` (the raw file → class indices, with
+    ``ignore_index`` where the benchmark ignores pixels) and, when they must, :meth:`read_sample_image`.
+    ``load`` checks what every reader must guarantee: mask size equals image size, labels in range.
+    """
+
+    def __init__(self, samples: Sequence[tuple[Path, Path | None]], *, classes: Sequence[str],
+                 palette: Palette | None = None, ignore_index: int = 255, image_mode: str = "RGB",
+                 transform: Callable | None = None) -> None:
+        self.samples = list(samples)
+        self.classes = list(classes)
         self.num_classes = len(self.classes)
         self.palette = [tuple(c) for c in palette] if palette is not None else default_palette(self.num_classes)
         self.ignore_index = ignore_index
         self.image_mode = image_mode
         self.transform = transform
-        self.label_map = label_map or {}
 
     @property
     def in_channels(self) -> int:
         return len(self.image_mode)
 
+    @property
+    def has_masks(self) -> bool:
+        """Whether every sample has a mask (``False``: a prediction-only set)."""
+        return all(mask is not None for _, mask in self.samples)
+
     def __len__(self) -> int:
         return len(self.samples)
+
+    def read_label(self, index: int) -> np.ndarray:
+        """The mask of sample ``index`` as int64 class indices (``ignore_index`` where ignored)."""
+        return decode_mask(self.samples[index][1], self.palette, self.ignore_index)
+
+    def read_sample_image(self, index: int) -> Image.Image:
+        return read_image(self.samples[index][0], self.image_mode)
 
     def load(self, index: int) -> tuple[Image.Image, np.ndarray]:
         """The raw pair: a PIL image and an int64 mask of class indices, checked."""
         image_path, mask_path = self.samples[index]
-        image = read_image(image_path, self.image_mode)
-        mask = decode_mask(mask_path, self.palette, self.ignore_index)
-        for source, target in self.label_map.items():
-            mask[mask == source] = target
+        if mask_path is None:
+            raise PixelsegError("this image set has no masks (prediction only): training, evaluation and "
+                                "class statistics need a mask for every image", image_path)
+        image = self.read_sample_image(index)
+        mask = self.read_label(index)
         if mask.shape != (image.height, image.width):
             raise PixelsegError(f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
                                 f"{image.width}x{image.height}", mask_path)
@@ -91,8 +118,46 @@ class SegmentationFolder(Dataset):
                                 f"ignore index {self.ignore_index}", mask_path)
         return image, mask
 
+    def load_image(self, index: int) -> Image.Image:
+        """The image of sample ``index`` alone (prediction-only sets have nothing else)."""
+        return self.read_sample_image(index)
+
     def __getitem__(self, index: int):
         image, mask = self.load(index)
         if self.transform is not None:
             return self.transform(image, mask)
         return image, mask
+
+
+class SegmentationFolder(LabelledImages):
+    """``images_dir/<stem>.<ext>`` paired with ``masks_dir/<stem>.png`` (any image suffix); with
+    ``masks_dir=None`` a prediction-only set of the images alone."""
+
+    def __init__(self, images_dir: str | Path, masks_dir: str | Path | None, *, num_classes: int | None = None,
+                 classes: Sequence[str] | None = None, palette: Palette | None = None,
+                 ignore_index: int = 255, image_mode: str = "RGB",
+                 transform: Callable | None = None, label_map: dict[int, int] | None = None) -> None:
+        self.images_dir = Path(images_dir)
+        self.masks_dir = Path(masks_dir) if masks_dir is not None else None
+        images = list_images(self.images_dir)
+        if not images:
+            raise PixelsegError("no images found", self.images_dir)
+        samples: list[tuple[Path, Path | None]] = [(image, None) for image in images]
+        if self.masks_dir is not None:
+            masks = {p.stem: p for p in list_images(self.masks_dir)}
+            for image in images:
+                if image.stem not in masks:
+                    raise PixelsegError(f"image has no mask in {self.masks_dir}", image)
+            samples = [(image, masks[image.stem]) for image in images]
+        if classes is None and num_classes is None:
+            raise ValueError("give classes or num_classes")
+        super().__init__(samples, classes=classes if classes is not None else
+                         [f"class_{i}" for i in range(num_classes)], palette=palette,
+                         ignore_index=ignore_index, image_mode=image_mode, transform=transform)
+        self.label_map = label_map or {}
+
+    def read_label(self, index: int) -> np.ndarray:
+        mask = super().read_label(index)
+        for source, target in self.label_map.items():
+            mask[mask == source] = target
+        return mask

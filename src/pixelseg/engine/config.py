@@ -31,6 +31,7 @@ TASKS = ("semantic", "volumetric", "instance")
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("poly", "step")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def check_range(key: str, value: Any, ok: bool, allowed: str) -> None:
@@ -104,9 +105,13 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     precise_bn_batches: int | None = None  # instance: recompute BatchNorm statistics before validating [50]
     max_minutes: float | None = None  # time budget: stop cleanly (validated, checkpointed, saved) once spent
+    precision: str = "fp32"  # fp32; bf16 (autocast, CPU or CUDA); fp16 (CUDA only, with a GradScaler)
+    channels_last: bool = False  # the model's weights (and so its activations) in channels-last layout
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation); schedules count steps
+    sync_batchnorm: bool = False  # under torchrun on GPUs: BatchNorm statistics over all processes
 
     def __post_init__(self) -> None:
-        at_least_one = ("epochs", "val_every", "log_every")
+        at_least_one = ("epochs", "val_every", "log_every", "accumulate")
         at_least_one_when_set = ("steps", "threads", "val_every_steps", "checkpoint_every_steps",
                                  "max_steps_per_epoch")
         for name in at_least_one:
@@ -122,6 +127,7 @@ class TrainConfig:
         if self.max_minutes is not None:
             check_range("train.max_minutes", self.max_minutes, _finite(self.max_minutes) and self.max_minutes > 0,
                         "a finite number of minutes > 0 (or null: no time budget)")
+        check_choice("train.precision", self.precision, PRECISIONS)
         check_range("train.out_dir", self.out_dir, bool(self.out_dir.strip()), "a folder name")
         try:
             import torch

@@ -1,5 +1,8 @@
 """``pixelseg evaluate``: a saved model of any task on a split of its dataset, scored by the task's evaluator
-(semantic and volumetric: one confusion matrix; instance: COCO AP)."""
+(semantic and volumetric: one confusion matrix; instance: COCO AP).
+
+Under ``torchrun`` each process scores every ``WORLD_SIZE``-th image and the evaluator's ``all_reduce``
+merges them, so every process returns the single-process scores."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from ..io.config import build_typed
 from ..io.saved_model import resolve_model_dir
 from ..models.pretrained import from_pretrained
 from ..tasks.base import Task, get_task, model_info
+from .distributed import EvaluationShard, ProcessGroup, init_distributed, shutdown
 from .train import evaluate_model
 
 
@@ -54,6 +58,16 @@ def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides
     tasks that allow it; ``data_overrides`` change keys of the saved data config (e.g. a moved ``root``).
     """
     model_dir = resolve_model_dir(model_path)
+    group, chosen = init_distributed(device)
+    try:
+        return _evaluate(model_dir, split, data_overrides, chosen, batch_size, tta_scales, tta_flip, group)
+    finally:
+        shutdown(group)
+
+
+def _evaluate(model_dir: Path, split: str | None, data_overrides: dict[str, Any] | None, device: torch.device,
+              batch_size: int, tta_scales: Sequence[float] | None, tta_flip: bool,
+              group: ProcessGroup) -> dict[str, Any]:
     model = from_pretrained(model_dir).to(device).eval()
     task = task_of(model)
     task.check_evaluation_options(tta_scales, tta_flip)
@@ -68,11 +82,13 @@ def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides
     except (ValueError, KeyError) as err:  # a dataset refusing the split name
         raise PixelsegError(f"--split {split}: not a split of dataset '{data_config.name}' "
                             f"({str(err).strip(chr(39))})") from None
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_for(data_config))
+    sampler = EvaluationShard(dataset, group.rank, group.world_size) if group.enabled else None
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
+                        collate_fn=collate_for(data_config))
     tta = {"scales": list(check_scales(tta_scales if tta_scales is not None else (1.0,))), "flip": tta_flip}
     forward = TestTimeAugmented(model, tta["scales"], tta_flip) if tta_scales is not None or tta_flip else model
     forward = task.inference_forward(model, forward, info)
-    scores = evaluate_model(task, model, loader, info, torch.device(device), forward=forward)
+    scores = evaluate_model(task, model, loader, info, device, forward=forward)
     return {"model": str(model_dir), "task": task.name, "split": split, "images": len(dataset),
             "classes": list(info.classes), "tta": tta, **scores}
 

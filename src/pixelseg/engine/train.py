@@ -16,10 +16,17 @@ Run directory (``train.out_dir``)::
 Exact resume: at the start of epoch ``e`` the RNG is seeded from ``(seed, e)``; a checkpoint inside an epoch
 stores the RNG state, and the resumed run replays the epoch's batch order up to it, so continuing replays
 precisely what an uninterrupted run would do.
+
+Under ``torchrun`` (``engine/distributed.py``) the model is wrapped in ``DistributedDataParallel``, each
+process trains on its share of every global batch (``data.batch_size`` images per process and micro-batch),
+validation is split over the processes and its scores summed (the evaluators' ``all_reduce``), and only rank
+0 writes the run folder. ``train.precision`` (bf16 autocast; fp16 with a gradient scaler on CUDA),
+``train.channels_last`` and ``train.accumulate`` (micro-batches per optimizer step) apply to any run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -28,17 +35,16 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import DataLoader
 
 from ..data.build import DataBundle, DatasetInfo, build_data
 from ..errors import PixelsegError, closest
@@ -46,6 +52,18 @@ from ..io.checkpoint import atomic_write_bytes, load_training_state, save_traini
 from ..models.pretrained import save_pretrained
 from ..tasks.base import Task, get_task
 from .config import SCHEDULES, Config, config_to_dict
+from .distributed import (
+    SINGLE,
+    EvaluationShard,
+    ProcessGroup,
+    ShardedBatches,
+    all_reduce_values,
+    gather_rng_states,
+    global_batch_count,
+    init_distributed,
+    restore_rng_state,
+    shutdown,
+)
 
 console = Console(stderr=True)
 
@@ -138,6 +156,16 @@ def learning_rate(config: Config, step: int, total_steps: int) -> float:
     raise PixelsegError(f"unknown optim.schedule '{optim.schedule}'{closest(optim.schedule, SCHEDULES)}")
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Put ``model``'s 4-D weights in channels-last layout (5-D ones in channels-last-3d), in place: the
+    convolutions then produce channels-last activations, which oneDNN and cuDNN run faster in bf16/fp16."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.dim() in (4, 5):
+            layout = torch.channels_last if tensor.dim() == 4 else torch.channels_last_3d
+            tensor.data = tensor.data.contiguous(memory_format=layout)
+    return model
+
+
 def compute_loss(task: Task, model: nn.Module, batch: Any, criterion: nn.Module | None, device: torch.device):
     """The task's loss of one batch (a seam for tests that interrupt training)."""
     return task.loss(model, batch, criterion, device)
@@ -146,7 +174,8 @@ def compute_loss(task: Task, model: nn.Module, batch: Any, criterion: nn.Module 
 @torch.no_grad()
 def evaluate_model(task: Task, model: nn.Module, loader: DataLoader, info: DatasetInfo, device: torch.device,
                    forward: Any = None, progress: Progress | None = None) -> dict[str, Any]:
-    """One pass of the task's evaluator over ``loader``; ``forward`` replaces the model (e.g. TTA)."""
+    """One pass of the task's evaluator over ``loader``; ``forward`` replaces the model (e.g. TTA). Under
+    ``torch.distributed`` each process scores its share and the evaluator sums them (``all_reduce``)."""
     model.eval()
     evaluator = task.evaluator(info)
     shown = progress.add_task("validate", total=len(loader), loss="") if progress else None
@@ -156,13 +185,17 @@ def evaluate_model(task: Task, model: nn.Module, loader: DataLoader, info: Datas
             progress.advance(shown)
     if progress is not None:
         progress.remove_task(shown)
+    evaluator.all_reduce()
     return evaluator.compute()
 
 
 # ---- hooks ---------------------------------------------------------------------------------------------
 
 class Hook:
-    """Side work of the loop; every method is optional."""
+    """Side work of the loop; every method is optional. A hook with ``main_process_only`` (one that writes
+    or displays) runs on rank 0 alone under torchrun."""
+
+    main_process_only: ClassVar[bool] = False
 
     def on_train_start(self, trainer: Trainer) -> None: ...
     def on_step_start(self, trainer: Trainer) -> None: ...
@@ -182,6 +215,8 @@ class LearningRateSchedule(Hook):
 
 class ProgressDisplay(Hook):
     """A rich progress bar per epoch with the running loss and an ETA for the whole run."""
+
+    main_process_only = True
 
     def __init__(self, quiet: bool) -> None:
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
@@ -211,6 +246,8 @@ class ProgressDisplay(Hook):
 class CsvLog(Hook):
     """``log.csv`` (one row per epoch and per validation) and ``curves.png``, both rewritten atomically."""
 
+    main_process_only = True
+
     def on_row(self, trainer: Trainer, row: dict[str, Any]) -> None:
         history = trainer.history
         columns: list[str] = []
@@ -228,6 +265,8 @@ class Checkpointer(Hook):
     """``last.safetensors`` (resumable) at every epoch end and every ``checkpoint_every_steps``; ``best/``
     when the monitored score improves; ``last_model/`` at the end."""
 
+    main_process_only = True
+
     def on_validation(self, trainer: Trainer, scores: dict[str, Any]) -> None:
         score = scores.get(trainer.monitor)
         if score is None or isinstance(score, list):
@@ -241,10 +280,11 @@ class Checkpointer(Hook):
                                           indent=2).encode())
 
     def on_checkpoint(self, trainer: Trainer) -> None:
-        save_training_state(trainer.state_path, model=trainer.model, optimizer=trainer.optimizer,
-                            info={"epoch": trainer.epoch, "epoch_step": trainer.epoch_step, "step": trainer.step,
-                                  "best": trainer.best, "history": trainer.history,
-                                  "running": trainer.running})
+        info = {"epoch": trainer.epoch, "epoch_step": trainer.epoch_step, "step": trainer.step,
+                "best": trainer.best, "history": trainer.history, "running": trainer.running}
+        if trainer.rank_rng_states is not None:  # under torchrun: every process's RNG, for an exact resume
+            info["rng_ranks"] = trainer.rank_rng_states
+        save_training_state(trainer.state_path, model=trainer.model, optimizer=trainer.optimizer, info=info)
         trainer.checkpointed = True
 
     def on_train_end(self, trainer: Trainer) -> None:
@@ -252,23 +292,6 @@ class Checkpointer(Hook):
 
 
 # ---- the loop ------------------------------------------------------------------------------------------
-
-class RecordedBatches(Sampler[list[int]]):
-    """The shuffled batches of an epoch (the same draws as ``DataLoader(shuffle=True)``), remembered so that
-    a failing step can name its batch's files."""
-
-    def __init__(self, dataset: Dataset, batch_size: int, drop_last: bool, generator: torch.Generator) -> None:
-        self.batches = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last)
-        self.seen: list[list[int]] = []
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batches:
-            self.seen.append(batch)
-            yield batch
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
 
 def item_names(dataset: Any, indices: list[int]) -> list[str] | None:
     """The file names of dataset items (``image_info`` or the image paths of a folder), or ``None``."""
@@ -317,6 +340,8 @@ class Trainer:
         self.time_up = False
         self.deadline: float | None = None
         self.checkpointed = False  # this run wrote last.safetensors
+        self.group: ProcessGroup = SINGLE  # torchrun's process group (set in _setup)
+        self.rank_rng_states: list[str] | None = None  # every process's RNG state at the last checkpoint
         self.created: list[Path] = []  # what this run created (removed if it fails before a checkpoint)
 
     # -- setup --
@@ -324,19 +349,29 @@ class Trainer:
         config = self.config
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        self.device = torch.device(config.train.device)
+        self.group, self.device = init_distributed(config.train.device)
+        group = self.group
+        self._check_precision()
+        if not group.is_main:
+            self.hooks = [hook for hook in self.hooks if not hook.main_process_only]
         torch.manual_seed(config.train.seed)
         self.data = build_data(config.data)
-        if len(self.data.train) < (config.data.batch_size if self.task.drop_last else 1):
-            raise PixelsegError(f"the training set has {len(self.data.train)} images, fewer than data.batch_size "
-                                f"{config.data.batch_size}")
+        per_step = config.data.batch_size * group.world_size * config.train.accumulate
+        if len(self.data.train) < (per_step if self.task.drop_last else 1):
+            raise PixelsegError(f"the training set has {len(self.data.train)} images, fewer than one optimizer "
+                                f"step's {per_step} (data.batch_size {config.data.batch_size} × "
+                                f"{group.world_size} processes × train.accumulate {config.train.accumulate})")
         self.model = build_model_for(config, self.data.info).to(self.device)
+        if config.train.channels_last:
+            to_channels_last(self.model)
+        self.train_model = self._wrap_for_processes(self.model)
         self.criterion = self.task.build_criterion(loss_terms(config, self.data), self.data)
         if self.criterion is not None:
             self.criterion = self.criterion.to(self.device)
         self.optimizer = build_optimizer(config, self.model)
-        batches = len(self.data.train) // config.data.batch_size if self.task.drop_last else \
-            math.ceil(len(self.data.train) / config.data.batch_size)
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.train.precision == "fp16" else None
+        batches = global_batch_count(len(self.data.train), config.data.batch_size, self.task.drop_last,
+                                     group.world_size, config.train.accumulate)
         self.steps_per_epoch = min(batches, config.train.max_steps_per_epoch or batches)
         if config.train.steps is not None:
             self.total_steps = config.train.steps
@@ -344,17 +379,22 @@ class Trainer:
         else:
             self.epochs = config.train.epochs
             self.total_steps = self.steps_per_epoch * self.epochs
+        shard = EvaluationShard(self.data.val, group.rank, group.world_size) if group.enabled else None
         self.val_loader = DataLoader(self.data.val, batch_size=config.data.val_batch_size, shuffle=False,
-                                     num_workers=config.data.num_workers, collate_fn=self.data.collate)
+                                     sampler=shard, num_workers=config.data.num_workers,
+                                     collate_fn=self.data.collate)
         self.rng_after_skip: torch.Tensor | None = None
         if self.resume:
             state = load_training_state(self.state_path, model=self.model, optimizer=self.optimizer)
             self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
             self.epoch_step, self.history = state.get("epoch_step", 0), state["history"]
             self.running = state.get("running", self.running)
+            if not group.is_main:  # rank 0 carries the saved (all processes') running sums
+                self.running = {key: 0.0 for key in self.running}
+            restore_rng_state(state.get("rng_ranks"), group)
             if self.epoch_step:  # inside an epoch: replay its batch order, then the saved RNG state
                 self.rng_after_skip = torch.get_rng_state()
-        else:
+        elif group.is_main:
             # Created only now that the data and the model are built: a refused config leaves no folder.
             self.created = [path for path in [self.out_dir, *(self.out_dir / n for n in RUN_FILES)]
                             if not path.exists()]
@@ -363,14 +403,47 @@ class Trainer:
                                yaml.safe_dump(config_to_dict(config), sort_keys=False).encode())
         self.first_step = self.step
 
+    def _check_precision(self) -> None:
+        train_cfg = self.config.train
+        if train_cfg.precision == "fp16" and self.device.type != "cuda":
+            raise PixelsegError(f"train.precision fp16 needs a CUDA device (train.device is {self.device.type}); "
+                                "use bf16 on the CPU")
+        if train_cfg.sync_batchnorm and self.group.enabled and self.device.type == "cpu":
+            raise PixelsegError("train.sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on the "
+                                "CPU); leave it off or train with train.device=cuda")
+
+    def _wrap_for_processes(self, model: nn.Module) -> nn.Module:
+        """``model`` in ``DistributedDataParallel`` under torchrun (BatchNorm synchronised if asked), else
+        itself. ``self.model`` stays the bare module: it is what is saved and validated."""
+        if not self.group.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.config.train.sync_batchnorm:
+            self.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # Some models leave parameters out of a step (auxiliary heads, RoI heads without proposals).
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward pass's precision: ``torch.autocast`` for bf16/fp16, nothing for fp32."""
+        precision = self.config.train.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
     def _epoch_loader(self) -> DataLoader:
         seed = self.config.train.seed * 100_003 + self.epoch
-        torch.manual_seed(seed)
+        # Rank 0 (and a single process) draws exactly as before; other ranks augment with their own stream.
+        torch.manual_seed(seed + self.group.rank * 7_919)
         for term in (self.criterion.modules() if self.criterion is not None else []):
             if hasattr(term, "set_epoch"):  # scheduled losses (e.g. region_boundary) follow the epoch
                 term.set_epoch(self.epoch)
         generator = torch.Generator().manual_seed(seed)
-        self.batches = RecordedBatches(self.data.train, self.config.data.batch_size, self.task.drop_last, generator)
+        self.batches = ShardedBatches(self.data.train, self.config.data.batch_size, self.task.drop_last, generator,
+                                      rank=self.group.rank, world_size=self.group.world_size,
+                                      accumulate=self.config.train.accumulate)
+        self.micro_index = 0
         return DataLoader(self.data.train, batch_sampler=self.batches, num_workers=self.config.data.num_workers,
                           generator=generator, collate_fn=self.data.collate)
 
@@ -383,6 +456,12 @@ class Trainer:
 
     # -- the loop --
     def fit(self) -> Path:
+        try:
+            return self._fit()
+        finally:
+            shutdown(self.group)
+
+    def _fit(self) -> Path:
         self._setup()
         budget = self.config.train.max_minutes
         self.deadline = clock() + budget * 60 if budget is not None else None
@@ -398,7 +477,7 @@ class Trainer:
             if installed:
                 signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         self._call("on_train_end")
-        if self.time_up:
+        if self.time_up and self.group.is_main:
             console.print(f"stopped at the time budget (train.max_minutes={budget:g}) after {self.step} steps "
                           f"of {self.total_steps}; best/ and last_model/ are written, continue with --resume",
                           highlight=False, soft_wrap=True)
@@ -424,12 +503,34 @@ class Trainer:
         if self.stop_signal is None:
             return
         if not checkpointed:
-            self._call("on_checkpoint")
+            self._checkpoint()
         raise TrainingStopped(f"terminated ({self.stop_signal}) at step {self.step}: checkpoint written to "
                               f"{self.state_path}; continue with --resume")
 
     def _out_of_time(self) -> bool:
-        return self.deadline is not None and clock() >= self.deadline
+        """Whether the time budget is spent. Under torchrun the processes agree (on this and on a SIGTERM
+        that reached any of them), so that all stop after the same step."""
+        out = self.deadline is not None and clock() >= self.deadline
+        if not self.group.enabled:
+            return out
+        out_anywhere, stop_anywhere = all_reduce_values([out, self.stop_signal is not None], self.group, "max")
+        if stop_anywhere and self.stop_signal is None:
+            self.stop_signal = "SIGTERM"
+        return bool(out_anywhere)
+
+    def _checkpoint(self) -> None:
+        """Write ``last.safetensors`` (rank 0's hooks). Under torchrun every process takes part: the RNG
+        states of all are saved, and the running loss sums are gathered on rank 0, which saves them."""
+        if self.group.enabled:
+            self.rank_rng_states = gather_rng_states(self.group)
+            self.running = self._running_of_all_processes()
+            if not self.group.is_main:
+                self.running = {key: 0.0 for key in self.running}
+        self._call("on_checkpoint")
+
+    def _running_of_all_processes(self) -> dict[str, float]:
+        keys = sorted(self.running)
+        return dict(zip(keys, all_reduce_values([self.running[k] for k in keys], self.group), strict=True))
 
     def _remove_unfinished_run(self) -> None:
         """A run that fails before its first checkpoint leaves nothing behind (only what it created goes)."""
@@ -450,18 +551,20 @@ class Trainer:
         train_cfg = self.config.train
         while self.step < self.total_steps:
             batches = iter(self._epoch_loader())
-            for _ in range(self.epoch_step):  # resuming inside this epoch: replay its batch order
+            for _ in range(self.epoch_step * train_cfg.accumulate):  # resuming inside this epoch: replay it
                 next(batches)
+            self.micro_index = self.epoch_step * train_cfg.accumulate
             if self.rng_after_skip is not None:
                 torch.set_rng_state(self.rng_after_skip)
                 self.rng_after_skip = None
             started = time.perf_counter()
             self.model.train()
             while self.epoch_step < self.steps_per_epoch and self.step < self.total_steps:
-                batch = next(batches, None)
-                if batch is None:
+                sizes = self.batches.micro_batch_sizes(self.epoch_step)
+                micro = [batch for batch in (next(batches, None) for _ in sizes) if batch is not None]
+                if len(micro) < len(sizes):
                     break
-                self._train_step(batch)
+                self._train_step(micro, sizes)
                 end_of_epoch = self.epoch_step >= self.steps_per_epoch
                 finished = self.step >= self.total_steps
                 if end_of_epoch or finished:
@@ -476,7 +579,7 @@ class Trainer:
                     started = time.perf_counter()
                     checkpointed = True
                 elif train_cfg.checkpoint_every_steps and self.step % train_cfg.checkpoint_every_steps == 0:
-                    self._call("on_checkpoint")
+                    self._checkpoint()
                     checkpointed = True
                 self._stop_now(checkpointed)
             finished = self.step >= self.total_steps
@@ -498,7 +601,7 @@ class Trainer:
 
     def _batch_files(self) -> str:
         seen = getattr(self, "batches", None)
-        position = self.epoch_step
+        position = getattr(self, "micro_index", self.epoch_step)
         if seen is None or position >= len(seen.seen):
             return "the data cannot name this batch's files"
         names = item_names(self.data.train, seen.seen[position])
@@ -506,10 +609,11 @@ class Trainer:
             return f"the data cannot name this batch's files (items {seen.seen[position]} of the training set)"
         return "batch files: " + ", ".join(names)
 
-    def _train_step(self, batch: Any) -> None:
-        self._call("on_step_start")
+    def _micro_batch_loss(self, batch: Any) -> Any:
+        """The task's loss of one micro-batch, in the configured precision, its failures in one line."""
         try:
-            result = compute_loss(self.task, self.model, batch, self.criterion, self.device)
+            with self.autocast():
+                result = compute_loss(self.task, self.train_model, batch, self.criterion, self.device)
         except torch.OutOfMemoryError:
             raise PixelsegError(f"out of memory on {self.device} at step {self.step + 1}; lower data.batch_size "
                                 "or the image size") from None
@@ -526,24 +630,51 @@ class Trainer:
                 "no checkpoint was written yet"
             raise PixelsegError(f"the loss became {result.total.item()} at step {self.step + 1} (loss parts: "
                                 f"{parts}; {self._batch_files()}); {kept}; lower optim.lr or check those files")
+        return result
+
+    def _train_step(self, micro: list[Any], sizes: list[int]) -> None:
+        """One optimizer step over ``micro`` (this process's micro-batches; ``sizes``: the images of each
+        over all processes). The gradient is that of the mean over the step's images: each micro-batch's
+        loss is weighted by its share of them, and DDP averages the processes' gradients once, at the last."""
+        self._call("on_step_start")
         self.optimizer.zero_grad(set_to_none=True)
-        result.total.backward()
+        total_size = sum(sizes)
+        loss, count, parts = 0.0, 0, {}
+        for index, (batch, size) in enumerate(zip(micro, sizes, strict=True)):
+            last = index == len(micro) - 1
+            syncing = contextlib.nullcontext() if last or not self.group.enabled else self.train_model.no_sync()
+            with syncing:
+                result = self._micro_batch_loss(batch)
+                weight = size / total_size
+                total = result.total if len(micro) == 1 else result.total * weight
+                (self.scaler.scale(total) if self.scaler is not None else total).backward()
+            self.micro_index += 1
+            loss += float(result.total.detach()) * weight
+            count += result.count
+            for name, value in result.parts.items():
+                parts[name] = parts.get(name, 0.0) + float(value.detach()) * weight
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.config.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
                                            self.config.optim.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.step += 1
         self.epoch_step += 1
-        loss = float(result.total.detach())
-        self.running["loss"] = self.running["loss"] + loss * result.count
-        self.running["count"] = self.running["count"] + result.count
-        parts = {name: float(value.detach()) for name, value in result.parts.items()}
+        self.running["loss"] = self.running["loss"] + loss * count
+        self.running["count"] = self.running["count"] + count
         for name, value in parts.items():
             self.running[f"part:{name}"] = self.running.get(f"part:{name}", 0.0) + value
         self.running["steps"] = self.running.get("steps", 0.0) + 1
         self._call("on_step_end", loss, parts)
 
     def _validate_and_log(self, started: float, *, end_of_epoch: bool, validate: bool = True) -> None:
+        if self.group.enabled:  # the row shows the loss over every process's images
+            self.running = self._running_of_all_processes()
         steps = max(self.running.get("steps", 0.0), 1)
         row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step,
                                "lr": self.optimizer.param_groups[0]["lr"], "train_loss": self.running_loss(),
@@ -562,7 +693,7 @@ class Trainer:
             self.epoch += 1
             self.epoch_step = 0
         self.history.append(row)
-        self._call("on_checkpoint")
+        self._checkpoint()
         self._call("on_row", row)
 
     def _precise_bn_batches(self) -> int:

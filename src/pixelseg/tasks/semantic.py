@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 
 from ..data.build import DataBundle, DatasetInfo
@@ -147,6 +148,21 @@ class ImagePredictor(Predictor):
     def list_inputs(self, path: Path) -> list[Path]:
         return list_inputs(path, list_images, "images")
 
+    def labels(self, image: Image.Image, source: str | Path | None = None) -> np.ndarray:
+        """Class indices ``(H, W)`` of a decoded image: normalised, logits (whole or tiled, TTA, backend),
+        argmax or the dense CRF. A failure is one ``PixelsegError`` naming ``source``."""
+        info = self.info
+        pixels = normalize(to_chw_uint8(image).float() / 255.0, info.mean, info.std)
+        try:
+            with torch.inference_mode():
+                logits = self.logits(pixels[None].to(self.device))
+                if self.refine == "crf":
+                    return crf_labels(logits[0], image, self.crf)
+                return logits.argmax(1)[0].cpu().numpy()
+        except (RuntimeError, ValueError) as err:  # e.g. an image smaller than the network accepts
+            reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise PixelsegError(f"inference failed ({reason})", source) from None
+
     def predict_file(self, path: Path, out_dir: Path) -> list[Path]:
         info, device = self.info, self.device
         if self.inference.stream:
@@ -155,15 +171,7 @@ class ImagePredictor(Predictor):
                            tile=self.inference.tile or 1024, context=self.inference.overlap // 2, device=device)
             return [target]
         image = read_image(path, info.image_mode)
-        pixels = normalize(to_chw_uint8(image).float() / 255.0, info.mean, info.std)
-        try:
-            with torch.inference_mode():
-                logits = self.logits(pixels[None].to(device))
-                labels = (crf_labels(logits[0], image, self.crf) if self.refine == "crf"
-                          else logits.argmax(1)[0].cpu().numpy())
-        except (RuntimeError, ValueError) as err:  # e.g. an image smaller than the network accepts
-            reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-            raise PixelsegError(f"inference failed ({reason})", path) from None
+        labels = self.labels(image, path)
         index_path, overlay_path = out_dir / f"{path.stem}.png", out_dir / f"{path.stem}_overlay.png"
         atomic_write_bytes(index_path, png_bytes(index_png(labels, info.palette)))
         atomic_write_bytes(overlay_path, png_bytes(overlay(image, labels, info.palette)))
