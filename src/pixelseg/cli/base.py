@@ -95,3 +95,8 @@ def friendly(command: F) -> F:
             report_bug(error)
 
     return wrapper  # type: ignore[return-value]
+
+
+def is_main_process() -> bool:
+    """False in every torchrun process but rank 0: only rank 0 prints results and writes reports."""
+    return os.environ.get("RANK", "0") in ("", "0")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .base import SetOption, friendly, out
+from .base import SetOption, friendly, is_main_process, out
 
 
 def print_scores(scores: dict[str, Any]) -> None:
@@ -70,6 +70,8 @@ def register(app: typer.Typer) -> None:
         scales = parse_scales(tta_scales) if tta_scales is not None else None
         scores = run_evaluation(model, split=split, data_overrides=overrides, device=device, tta_scales=scales,
                                 tta_flip=tta_flip)
+        if not is_main_process():  # under torchrun every process holds the same scores: rank 0 reports them
+            return
         print_scores(scores)
         if out_json is not None:
             write_report(scores, out_json)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .base import SetOption, friendly, out
+from .base import SetOption, friendly, is_main_process, out
 
 
 def register(app: typer.Typer) -> None:
@@ -22,4 +22,5 @@ def register(app: typer.Typer) -> None:
         from ..engine.train import train as run_training
 
         run_dir = run_training(load_config(config, list(set_ or []), require_data=True), resume=resume, quiet=quiet)
-        out.print(f"run directory: {run_dir}  (best model: {run_dir / 'best'}, log: {run_dir / 'log.csv'})")
+        if is_main_process():
+            out.print(f"run directory: {run_dir}  (best model: {run_dir / 'best'}, log: {run_dir / 'log.csv'})")
