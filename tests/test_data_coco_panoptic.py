@@ -106,6 +106,7 @@ def test_writing_two_channels_matches_the_sample_up_to_instance_numbering(sample
         _same_segmentation(annotation, read_two_channel(tmp_path / name, categories))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools' decode on numpy 2
 def test_semantic_and_instances_agree_with_the_sample_detection_json(sample, coco_sample_root):
     annotations, categories = sample
     detection = json.loads((coco_sample_root / "panoptic_coco_detection_format.json").read_text())["annotations"]
@@ -139,6 +140,11 @@ def test_thing_pixels_of_the_semantic_map_without_an_instance_become_void():
     assert annotation.ids.tolist() == [[2, 0, 1]]
     assert annotation.segments_info == [{"id": 1, "category_id": 5, "iscrowd": 0},
                                         {"id": 2, "category_id": 1, "iscrowd": 0}]
+    # instance pixels take the instance's category, even where the semantic map says stuff
+    covered = SemanticInstances(np.array([[5, 5]]), np.array([[[True, True]]]), np.array([1]), np.array([True]))
+    annotation = from_semantic_instances(covered, categories)
+    assert annotation.ids.tolist() == [[1, 1]]
+    assert annotation.segments_info == [{"id": 1, "category_id": 1, "iscrowd": 1}]
 
 
 def test_an_empty_image_reads_and_writes(tmp_path):

@@ -17,8 +17,8 @@
 Bad input never ends in a traceback: an id in a PNG that its ``segments_info`` lacks (or the reverse), an
 id listed twice, an unknown ``category_id``, a crowd flag on stuff, overlapping instance masks, a
 missing PNG or JSON entry are each a one-line :class:`~pixelseg.errors.PixelsegError` naming the file and
-the segment. An image with no segment at all (all void) is valid: it is read and written as it is, and
-panoptic quality counts nothing on it but false positives outside void.
+the segment. An image with no segment at all (all void) is valid: it is read and written as it is, and as a
+ground truth it adds nothing to panoptic quality (every predicted segment on it lies on void).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def check_annotation(annotation: PanopticAnnotation, categories: Categories | No
     present = set(np.unique(annotation.ids).tolist()) - {VOID}
     if present - listed:
         raise PixelsegError(f"segment {min(present - listed)} is in the PNG but not in segments_info", name)
-    if False:
+    if listed - present:
         raise PixelsegError(f"segment {min(listed - present)} is in segments_info but not in the PNG", name)
 
 

@@ -73,8 +73,10 @@ def _segment_table(segmentation: PanopticSegmentation, categories: Mapping[int, 
     classes = torch.tensor([-1, *(rows[s][0] for s in ordered)], dtype=torch.int64, device=device)
     crowd = torch.tensor([False, *(rows[s][1] for s in ordered)], dtype=torch.bool, device=device)
 
-    pixels = torch.as_tensor(np.asarray(segmentation.ids) if not isinstance(segmentation.ids, Tensor)
-                             else segmentation.ids, device=device).reshape(-1).to(torch.int64)
+    ids_map = segmentation.ids
+    if not isinstance(ids_map, Tensor):
+        ids_map = torch.from_numpy(np.asarray(ids_map).astype(np.int64))
+    pixels = ids_map.to(device=device, dtype=torch.int64).reshape(-1)
     index = torch.searchsorted(ids, pixels).clamp_(max=len(ids) - 1)
     unknown = ids[index] != pixels
     if bool(unknown.any()):
@@ -182,8 +184,8 @@ class PanopticQuality:
     def update(self, prediction: PanopticSegmentation | Sequence[PanopticSegmentation],
                target: PanopticSegmentation | Sequence[PanopticSegmentation]) -> None:
         """Add one image or a batch (equal-length sequences of predictions and ground truths)."""
-        predictions = [prediction] if hasattr(prediction, "segments_info") else list(prediction)  # type: ignore[arg-type]
-        targets = [target] if hasattr(target, "segments_info") else list(target)  # type: ignore[arg-type]
+        predictions = [prediction] if hasattr(prediction, "segments_info") else list(prediction)
+        targets = [target] if hasattr(target, "segments_info") else list(target)
         if len(predictions) != len(targets):
             raise ValueError(f"{len(predictions)} predictions for {len(targets)} ground truths")
         for one_prediction, one_target in zip(predictions, targets, strict=True):
@@ -215,7 +217,7 @@ class PanopticQuality:
         """PQ, SQ, RQ per class (classes that never occurred show ``—``), then the things and stuff means."""
         names = list(class_names) if class_names is not None else self.class_names
         scores = self.compute()
-        table = markdown_table(names, {name: scores[f"{name}_per_class"] for name in FIGURES},  # type: ignore[misc]
-                               {name: scores[name] for name in FIGURES})  # type: ignore[misc]
+        table = markdown_table(names, {name: scores[f"{name}_per_class"] for name in FIGURES},
+                               {name: scores[name] for name in FIGURES})
         return table + "\n\n" + ", ".join(f"{name}{part} {scores[name + part]:.4f}"
                                           for part in ("_things", "_stuff") for name in FIGURES)
