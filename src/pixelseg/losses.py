@@ -103,7 +103,13 @@ class CrossEntropyLoss(nn.Module):
     Weights by median-frequency balancing or ENet's rule come from ``pixelseg stats``. With one channel
     ``s`` it is the binary CE of the foreground, computed as the two-class CE of logits ``(0, s)``
     (whose softmax is ``(1 − σ(s), σ(s))``), so weights and normalisation work the same way.
+
+    ``pixel_weights`` ``(B, H, W)`` (U-Net's weight map, ``pixelseg.data.weight_map``) multiply each
+    pixel's term; the loss is then ``Σ_i p_i w_{y_i} ℓ_i / N`` over the ``N`` counted pixels (U-Net's energy,
+    eq. 1, per pixel).
     """
+
+    accepts_pixel_weights = True
 
     def __init__(self, class_weights: Sequence[float] | None = None, ignore_index: int = 255,
                  normalization: Literal["weights", "pixels"] = "weights") -> None:
@@ -115,10 +121,15 @@ class CrossEntropyLoss(nn.Module):
         self.ignore_index = ignore_index
         self.normalization = normalization
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, target: Tensor, pixel_weights: Tensor | None = None) -> Tensor:
         target = target.long()
         if logits.shape[1] == 1:
             logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        if pixel_weights is not None:
+            losses = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index,
+                                     reduction="none")
+            counted = (target != self.ignore_index).sum().clamp_min(1)
+            return (losses * pixel_weights.to(losses.dtype)).sum() / counted
         if self.normalization == "weights":
             return F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index)
         losses = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index,
@@ -490,8 +501,14 @@ class WeightedSum(nn.Module):
         self.losses = nn.ModuleList(losses)
         self.weights = list(weights)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return sum(w * loss(logits, target) for w, loss in zip(self.weights, self.losses, strict=True))
+    @property
+    def accepts_pixel_weights(self) -> bool:
+        return all(getattr(loss, "accepts_pixel_weights", False) for loss in self.losses)
+
+    def forward(self, logits: Tensor, target: Tensor, pixel_weights: Tensor | None = None) -> Tensor:
+        if pixel_weights is None:
+            return sum(w * loss(logits, target) for w, loss in zip(self.weights, self.losses, strict=True))
+        return sum(w * loss(logits, target, pixel_weights) for w, loss in zip(self.weights, self.losses, strict=True))
 
 
 def _build_term(term: dict[str, Any], ignore_index: int) -> tuple[nn.Module, float]:

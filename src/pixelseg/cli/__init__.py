@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import sys
 
-from . import data, demo, evaluate, export, instance, models, predict, segment, serve, stats, train
+from . import data, demo, evaluate, export, instance, models, predict, segment, serve, show, stats, train
 from .base import app, fail, friendly
 
 __all__ = ["app", "fail", "friendly", "main"]
 
-for _module in (train, evaluate, predict, export, models, demo, stats, data, segment, serve, instance):
+for _module in (train, evaluate, predict, export, models, demo, show, stats, data, segment, serve, instance):
     _module.register(app)
 
 

@@ -26,7 +26,7 @@ def print_scores(scores: dict[str, Any]) -> None:
             out.print(f"{key:>24}: {scores[key]:.4f}")
         return
     out.print(title)
-    skip = {"model", "task", "split", "images", "classes", "tta"}
+    skip = {"model", "task", "split", "images", "classes", "tta", "report", "report_error"}
     for key, value in scores.items():
         if key not in skip and isinstance(value, float):
             out.print(f"{key:>24}: {value:.4f}")
@@ -57,9 +57,16 @@ def register(app: typer.Typer) -> None:
                  tta_scales: Annotated[str | None, typer.Option(
                      help="test-time scales whose logits are averaged, e.g. '0.75,1,1.25' or '0.75 1 1.25'")] = None,
                  tta_flip: Annotated[bool, typer.Option(help="also average the left-right flipped image")] = False,
+                 report: Annotated[Path | None, typer.Option(
+                     "--report", help="write report/index.html and report.md here (default: the run folder's "
+                     "report/)")] = None,
+                 no_report: Annotated[bool, typer.Option("--no-report", help="write no report")] = False,
+                 refine: Annotated[str | None, typer.Option(
+                     help="'crf': the dense CRF after the model (DeepLab's CRF rows)")] = None,
                  device: str = "cpu") -> None:
         """Score a saved model on its dataset: PA, MPA, IoU/mIoU, fwIoU, Dice (semantic, volumetric) or COCO
-        box and mask AP (instance); optionally with TTA."""
+        box and mask AP (instance); optionally with TTA. Writes an HTML and Markdown report (per-class table,
+        confusion heatmap, best and worst images, training curves) unless --no-report."""
         from ..engine.evaluate import evaluate as run_evaluation
         from ..engine.evaluate import write_report
         from ..inference.tta import parse_scales
@@ -68,11 +75,19 @@ def register(app: typer.Typer) -> None:
         if data_root:
             overrides["root"] = data_root
         scales = parse_scales(tta_scales) if tta_scales is not None else None
+        if no_report and report is not None:
+            from ..errors import PixelsegError
+
+            raise PixelsegError("--report DIR and --no-report contradict each other: give one")
         scores = run_evaluation(model, split=split, data_overrides=overrides, device=device, tta_scales=scales,
-                                tta_flip=tta_flip)
+                                tta_flip=tta_flip, report=False if no_report else report or True, refine=refine)
         if not is_main_process():  # under torchrun every process holds the same scores: rank 0 reports them
             return
         print_scores(scores)
+        if "report_error" in scores:
+            out.print(f"report not written: {scores['report_error']}")
         if out_json is not None:
             write_report(scores, out_json)
             out.print(f"scores written to {out_json}")
+        if "report" in scores:
+            out.print(f"report: {scores['report']} (and report.md beside it)")

@@ -33,12 +33,14 @@ from .isbi import ISBI2012
 from .medical import PROMISE12_CLASSES, MedicalVolumes
 from .shapes import Shapes
 from .stats import ClassStats, count_dataset_classes
+from .synthetic_panoptic import SyntheticPanoptic
 from .transforms import default_normalization, evaluation_transform, training_transform
 from .voc import VOC, VOCAug
 from .volumes import ISBI2012Volume, RandomVolumePatch, SyntheticVolumes, VolumeFolder
+from .weight_map import WeightMapped
 from .weizmann import WeizmannHorse
 
-Kind = Literal["semantic", "volumetric", "instance"]
+Kind = Literal["semantic", "volumetric", "instance", "panoptic"]
 
 # The benchmarks' readers under ``root``: each takes (root, split, ignore_index=, transform=, strict=).
 BENCHMARK_READERS: dict[str, Callable[..., Any]] = {
@@ -59,7 +61,8 @@ BENCHMARK_SPLITS: dict[str, tuple[tuple[str, ...], str | None]] = {
 SEMANTIC_DATASETS = ("shapes", "folder", "camvid", "isbi2012", *BENCHMARK_READERS)
 VOLUME_DATASETS = ("volumes", "synthetic_volumes", "isbi2012_volume", "medical", "promise12")
 INSTANCE_DATASETS = ("synthetic_instances", "coco_instances", "instance_folder")
-DATASET_NAMES = (*SEMANTIC_DATASETS, *VOLUME_DATASETS, *INSTANCE_DATASETS)
+PANOPTIC_DATASETS = ("synthetic_panoptic",)
+DATASET_NAMES = (*SEMANTIC_DATASETS, *VOLUME_DATASETS, *INSTANCE_DATASETS, *PANOPTIC_DATASETS)
 SYNTHETIC_VOLUME_SPLITS = {"train": 0, "val": 1, "test": 2}
 # Options of one kind of data that the others cannot honour: refused rather than ignored.
 _ONLY_FOR = {
@@ -76,7 +79,8 @@ _TEST_KEYS = {
 }
 ISBI_SECTIONS = {"isbi2012": "sections 0–24 train and 25–29 validate",
                  "isbi2012_volume": "columns 0–383 of every section train and 384–511 validate"}
-_DESCRIBED = {"semantic": "2D images", "volumetric": "volumes", "instance": "instance data"}
+_DESCRIBED = {"semantic": "2D images", "volumetric": "volumes", "instance": "instance data",
+              "panoptic": "panoptic data"}
 
 
 @dataclass
@@ -92,6 +96,7 @@ class DatasetInfo:
     std: list[float]
     spatial_dims: int = 2  # 3 for volumes (B, C, D, H, W)
     category_ids: list[int] | None = None  # instance data: the source's category id of each label
+    isthing: list[bool] | None = None  # panoptic data: whether each class is a thing (else stuff)
 
     @property
     def num_classes(self) -> int:
@@ -114,30 +119,39 @@ class DataBundle:
     def class_stats(self, limit: int | None = None) -> ClassStats:
         """Class pixel counts of the training split's raw masks (before augmentation), the first
         ``limit`` samples only if given; for ``class_weights: median_frequency | enet``."""
-        if self.kind == "instance":
-            raise PixelsegError("class statistics count label maps; instance data has none "
+        if self.kind in ("instance", "panoptic"):
+            raise PixelsegError(f"class statistics count label maps; {self.kind} data has none "
                                 "(class_weights apply to semantic and volumetric tasks)")
         return count_dataset_classes(self.train_once, self.info.classes, self.info.ignore_index, limit)
 
 
 def task_of_dataset(name: str) -> Kind:
-    """The task a dataset name is for (``semantic``, ``volumetric`` or ``instance``)."""
+    """The task a dataset name is for (``semantic``, ``volumetric``, ``instance`` or ``panoptic``)."""
     if name in SEMANTIC_DATASETS:
         return "semantic"
     if name in VOLUME_DATASETS:
         return "volumetric"
     if name in INSTANCE_DATASETS:
         return "instance"
+    if name in PANOPTIC_DATASETS:
+        return "panoptic"
     raise PixelsegError(f"unknown dataset '{name}'{closest(name, DATASET_NAMES)}")
 
 
-def build_data(config: DataConfig) -> DataBundle:
-    """The training and validation sets a ``DataConfig`` names, and what the model needs to know."""
+def build_data(config: DataConfig, *, weight_map: Any = None) -> DataBundle:
+    """The training and validation sets a ``DataConfig`` names, and what the model needs to know.
+
+    ``weight_map`` (``train.weight_map``: ``w0``, ``sigma``, ...) gives each 2D training sample U-Net's
+    per-pixel loss weights (:mod:`pixelseg.data.weight_map`): the batches become (images, masks, weights)."""
     kind = task_of_dataset(config.name)
     _check_options(config, kind)
     check_split(config, config.train_split)
     check_split(config, config.val_split)
-    if kind == "instance":
+    if kind == "panoptic":
+        train = _make_panoptic(config, config.train_split, train=True)
+        val = _make_panoptic(config, config.val_split, train=False)
+        info = _panoptic_info(config, val)
+    elif kind == "instance":
         train = _make_instances(config, config.train_split, train=True)
         val = _make_instances(config, config.val_split, train=False)
         info = _instance_info(config, train, val)
@@ -159,14 +173,19 @@ def build_data(config: DataConfig) -> DataBundle:
         info = DatasetInfo(classes=list(val.classes), palette=[list(c) for c in val.palette],
                            in_channels=len(image_mode), image_mode=image_mode,
                            ignore_index=config.ignore_index, mean=mean, std=std)
+        if weight_map is not None:
+            train = WeightMapped(train, weight_map, config.ignore_index)
+    if weight_map is not None and kind != "semantic":
+        raise PixelsegError(f"train.weight_map applies to 2D label maps, not to the {_DESCRIBED[kind]} of "
+                            f"'{config.name}'")
     repeated = ConcatDataset([train] * config.repeats) if config.repeats > 1 else train
     return DataBundle(info=info, train=repeated, val=val, train_once=train, kind=kind,
-                      collate=collate_detection if kind == "instance" else None)
+                      collate=collate_detection if kind in ("instance", "panoptic") else None)
 
 
 def collate_for(config: DataConfig) -> Callable[[list[Any]], Any] | None:
     """The ``DataLoader`` collate function of the data a config names (``None``: PyTorch's default)."""
-    return collate_detection if task_of_dataset(config.name) == "instance" else None
+    return collate_detection if task_of_dataset(config.name) in ("instance", "panoptic") else None
 
 
 def build_eval_dataset(config: DataConfig, info: DatasetInfo, split: str) -> Dataset:
@@ -177,6 +196,8 @@ def build_eval_dataset(config: DataConfig, info: DatasetInfo, split: str) -> Dat
     train = split == config.train_split
     if kind == "instance":
         return _make_instances(config, split, train=train)
+    if kind == "panoptic":
+        return _make_panoptic(config, split, train=False)
     if kind == "volumetric":
         return _make_volumes(config, split, train, None)
     return _make_images(config, split, train, evaluation_transform(info.mean, info.std))
@@ -199,7 +220,7 @@ def dataset_splits(config: DataConfig) -> dict[str, str | None]:
     reason it cannot (e.g. ``test`` of a folder dataset without ``data.test_images``)."""
     name = config.name
     task_of_dataset(name)
-    if name in ("shapes", "synthetic_volumes", "synthetic_instances", "camvid"):
+    if name in ("shapes", "synthetic_volumes", "synthetic_instances", "synthetic_panoptic", "camvid"):
         return {"train": None, "val": None, "test": None}
     if name in BENCHMARK_SPLITS:
         names, no_test = BENCHMARK_SPLITS[name]
@@ -262,7 +283,7 @@ def _check_options(config: DataConfig, kind: Kind) -> None:
             if getattr(config, key):
                 raise PixelsegError(f"data.{key} applies to {_DESCRIBED[other]}, not to the "
                                     f"{_DESCRIBED[kind]} of '{config.name}'")
-    if kind == "instance":
+    if kind in ("instance", "panoptic"):
         for key in ("vflip", "rotate90"):
             if getattr(config, key):
                 raise PixelsegError(f"data.{key} is not supported for the instance data of '{config.name}' "
@@ -380,6 +401,25 @@ def _instance_info(config: DataConfig, train: Dataset, val: Dataset) -> DatasetI
     return DatasetInfo(classes=classes, palette=palette, in_channels=3, image_mode="RGB",
                        ignore_index=config.ignore_index, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],
                        category_ids=list(train.category_ids))
+
+
+# ---- panoptic ------------------------------------------------------------------------------------------
+
+def _make_panoptic(config: DataConfig, split: str, *, train: bool) -> Dataset:
+    count = config.num_samples if train else config.val_samples
+    return SyntheticPanoptic(count, size=config.image_size, seed=config.seed, split=split,
+                             hflip=train and config.hflip)
+
+
+def _panoptic_info(config: DataConfig, val: SyntheticPanoptic) -> DatasetInfo:
+    """The panoptic categories (things, then stuff) with their COCO ids and thing flags."""
+    classes = [str(c["name"]) for c in val.categories]
+    palette = [list(c) for c in config.palette] if config.palette else \
+        [list(c) for c in default_palette(len(classes))]
+    return DatasetInfo(classes=classes, palette=palette, in_channels=3, image_mode="RGB",
+                       ignore_index=config.ignore_index, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],
+                       category_ids=[int(c["id"]) for c in val.categories],
+                       isthing=[bool(c["isthing"]) for c in val.categories])
 
 
 # ---- checking a local copy -----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """One typed experiment configuration for every task, loaded from YAML once and overridden with
 ``--set key=value``.
 
-Sections: ``task`` (``semantic``, ``volumetric`` or ``instance``; inferred from ``data.name`` when left
+Sections: ``task`` (``semantic``, ``volumetric``, ``instance`` or ``panoptic``; inferred from ``data.name`` when left
 out), ``model`` (``pixelseg.models.config.ModelConfig``), ``data`` (``pixelseg.data.config.DataConfig``),
 ``loss``, ``optim`` and ``train``. An unknown key, at any depth, is refused naming the closest valid one
 (``pixelseg.io.config``). ``pixelseg train CONFIG.yaml --set optim.lr=0.01 --set model.name=fcn8s``.
@@ -24,12 +24,13 @@ from ..data.build import task_of_dataset
 from ..data.config import DataConfig
 from ..errors import PixelsegError, closest
 from ..io.config import apply_overrides, build_typed, read_yaml
-from ..models.config import ModelConfig
+from ..models.config import ModelConfig as NetworkConfig
 
-TASKS = ("semantic", "volumetric", "instance")
+TASKS = ("semantic", "volumetric", "instance", "panoptic")
 
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "rmsprop")
+INITS = ("he_uniform", "he_normal", "xavier_uniform")  # pixelseg.models.modules.init
 SCHEDULES = ("poly", "step")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -49,6 +50,60 @@ def _finite(value: float) -> bool:
     return math.isfinite(value)
 
 
+def _check_prefixes(key: str, prefixes: Any) -> None:
+    for prefix in prefixes:
+        check_range(key, prefix, isinstance(prefix, str) and bool(prefix.strip()), "parameter-name prefixes "
+                    "such as 'encoder' or 'backbone.layer4'")
+
+
+@dataclass
+class ModelConfig(NetworkConfig):
+    """The ``model:`` section: the network (``pixelseg.models.config.ModelConfig``) and what training does
+    to it before the first step.
+
+    ``init``: re-initialise every convolution and linear layer (``he_uniform``, FC-DenseNet's); ``init_from``:
+    a run or model folder whose weights are copied where name and shape match (FCN's staged training,
+    32s → 16s → 8s); ``freeze``: parameter-name prefixes that never train (FCN's and DeepLab's fixed layers;
+    ``train.unfreeze_at_epoch`` frees them later); ``msc``: DeepLab v2's multi-scale inputs, e.g.
+    ``[1.0, 0.75, 0.5]`` (``pixelseg.models.msc``). ``refine: {name: crf_as_rnn, iterations: 5}`` trains
+    a CRF-as-RNN layer after the network (``pixelseg.models.crf_as_rnn``); ``{name: crf}`` is the dense CRF
+    applied at evaluation and prediction.
+    """
+
+    init: str | None = None
+    init_from: str | None = None
+    freeze: list[str] = field(default_factory=list)
+    msc: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init is not None:
+            check_choice("model.init", self.init, INITS)
+        if self.init_from is not None:
+            check_range("model.init_from", self.init_from, bool(self.init_from.strip()),
+                        "a run or model folder (or null)")
+        _check_prefixes("model.freeze", self.freeze)
+        if self.msc is not None:
+            check_range("model.msc", self.msc, bool(self.msc) and all(_finite(s) and 0 < s <= 4 for s in self.msc),
+                        "a list of input scales in (0, 4], e.g. [1.0, 0.75, 0.5] (or null)")
+
+
+@dataclass
+class WeightMapConfig:
+    """U-Net's per-pixel loss weights (Ronneberger et al. 2015, eq. 2; ``pixelseg.data.weight_map``)."""
+
+    w0: float = 10.0
+    sigma: float = 5.0
+    class_balance: bool = True
+    background: int = 0  # the label between cells; every other label's connected components are cells
+    cache_dir: str | None = None  # null: cached in memory
+
+    def __post_init__(self) -> None:
+        check_range("train.weight_map.w0", self.w0, _finite(self.w0) and self.w0 >= 0, "a finite number >= 0")
+        check_range("train.weight_map.sigma", self.sigma, _finite(self.sigma) and self.sigma > 0,
+                    "a finite number > 0")
+
+
 @dataclass
 class LossTerm:
     name: str = "cross_entropy"
@@ -65,7 +120,7 @@ class LossTerm:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw or sgd
+    name: str = "adamw"  # adamw, sgd or rmsprop (FC-DenseNet's; Lasagne's rho 0.9, epsilon 1e-6, no momentum)
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
@@ -73,9 +128,16 @@ class OptimConfig:
     poly_power: float = 0.9
     warmup_steps: int = 0
     grad_clip: float | None = None  # clip the gradients' global norm to this
+    # Learning-rate multipliers of parameter groups by name prefix, e.g. {classifier: 10} (DeepLab's 10x
+    # head); a parameter takes its longest matching prefix's, and the schedule scales every group alike.
+    lr_mult: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice("optim.name", self.name, OPTIMIZERS)
+        _check_prefixes("optim.lr_mult", self.lr_mult)
+        for prefix, mult in self.lr_mult.items():
+            check_range(f"optim.lr_mult.{prefix}", mult, isinstance(mult, int | float) and not isinstance(mult, bool)
+                        and _finite(mult) and mult >= 0, "a finite number >= 0")
         check_choice("optim.schedule", self.schedule, SCHEDULES)
         check_range("optim.lr", self.lr, _finite(self.lr) and self.lr > 0, "a finite number > 0")
         check_range("optim.weight_decay", self.weight_decay, _finite(self.weight_decay) and self.weight_decay >= 0,
@@ -109,8 +171,16 @@ class TrainConfig:
     channels_last: bool = False  # the model's weights (and so its activations) in channels-last layout
     accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation); schedules count steps
     sync_batchnorm: bool = False  # under torchrun on GPUs: BatchNorm statistics over all processes
+    # Parameter-name prefixes frozen until an epoch (0-based), e.g. {encoder: 5}: the encoder trains from
+    # the 6th epoch on. The frozen set is a function of the epoch, so --resume restores it exactly.
+    unfreeze_at_epoch: dict[str, int] = field(default_factory=dict)
+    weight_map: WeightMapConfig | None = None  # U-Net's border weights as per-pixel loss weights
 
     def __post_init__(self) -> None:
+        _check_prefixes("train.unfreeze_at_epoch", self.unfreeze_at_epoch)
+        for prefix, epoch in self.unfreeze_at_epoch.items():
+            check_range(f"train.unfreeze_at_epoch.{prefix}", epoch,
+                        isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0, "an integer >= 0")
         at_least_one = ("epochs", "val_every", "log_every", "accumulate")
         at_least_one_when_set = ("steps", "threads", "val_every_steps", "checkpoint_every_steps",
                                  "max_steps_per_epoch")
@@ -148,6 +218,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelConfig):  # the network section alone (models.config's)
+            self.model = ModelConfig(**{f.name: getattr(self.model, f.name) for f in dataclasses.fields(self.model)})
         inferred = task_of_dataset(self.data.name)
         if self.task is None:
             self.task = inferred

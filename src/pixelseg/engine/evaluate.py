@@ -2,7 +2,9 @@
 (semantic and volumetric: one confusion matrix; instance: COCO AP).
 
 Under ``torchrun`` each process scores every ``WORLD_SIZE``-th image and the evaluator's ``all_reduce``
-merges them, so every process returns the single-process scores."""
+merges them, so every process returns the single-process scores. With ``report``, the evaluator is wrapped to
+keep one score per image too, and rank 0 alone writes ``report/index.html`` and ``report/report.md``
+(:mod:`pixelseg.engine.report`)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from ..io.saved_model import resolve_model_dir
 from ..models.pretrained import from_pretrained
 from ..tasks.base import Task, get_task, model_info
 from .distributed import EvaluationShard, ProcessGroup, init_distributed, shutdown
+from .report import Capture, PerImageScores, ReportInputs, displayable
+from .report import write_report as write_html_report
 from .train import evaluate_model
 
 
@@ -51,25 +55,47 @@ def saved_data_config(model: nn.Module, model_dir: Path) -> DataConfig:
 
 def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides: dict[str, Any] | None = None,
              device: str = "cpu", batch_size: int = 1, tta_scales: Sequence[float] | None = None,
-             tta_flip: bool = False) -> dict[str, Any]:
+             tta_flip: bool = False, report: bool | str | Path = False, report_samples: int = 4,
+             refine: str | None = None) -> dict[str, Any]:
     """Scores of a saved model on ``split`` (default: the validation split of its dataset).
 
     ``tta_scales``/``tta_flip`` average logits over scales and flips (``pixelseg.inference.tta``) for the
     tasks that allow it; ``data_overrides`` change keys of the saved data config (e.g. a moved ``root``).
+    ``report``: ``True`` writes the HTML and Markdown report into the run folder's ``report/`` (the model
+    folder's, when it is not in a run folder), a path writes it there; ``scores["report"]`` names the page
+    (``scores["report_error"]`` says why, when it could not be written).
+    ``report_samples``: how many best and how many worst images it shows.
     """
     model_dir = resolve_model_dir(model_path)
     group, chosen = init_distributed(device)
+    report_dir = None if report is False else default_report_dir(model_dir) if report is True else Path(report)
     try:
-        return _evaluate(model_dir, split, data_overrides, chosen, batch_size, tta_scales, tta_flip, group)
+        return _evaluate(model_dir, split, data_overrides, chosen, batch_size, tta_scales, tta_flip, group,
+                         report_dir, report_samples, refine)
     finally:
         shutdown(group)
 
 
+def run_folder(model_dir: Path) -> Path | None:
+    """The training run a saved model belongs to (``RUN/best``, ``RUN/last_model``), if it does."""
+    parent = model_dir.parent
+    return parent if (parent / "log.csv").is_file() or (parent / "config.yaml").is_file() else None
+
+
+def default_report_dir(model_dir: Path) -> Path:
+    return (run_folder(model_dir) or model_dir) / "report"
+
+
 def _evaluate(model_dir: Path, split: str | None, data_overrides: dict[str, Any] | None, device: torch.device,
               batch_size: int, tta_scales: Sequence[float] | None, tta_flip: bool,
-              group: ProcessGroup) -> dict[str, Any]:
+              group: ProcessGroup, report_dir: Path | None = None, report_samples: int = 4,
+              refine: str | None = None) -> dict[str, Any]:
     model = from_pretrained(model_dir).to(device).eval()
     task = task_of(model)
+    if refine is not None:  # --refine crf: the dense CRF after any semantic model, as a saved model.refine
+        if refine != "crf" or task.name != "semantic":
+            raise PixelsegError(f"--refine {refine}: only 'crf' (the dense CRF), after a semantic model")
+        model.pixelseg_config["refine"] = {**(model.pixelseg_config.get("refine") or {}), "name": "crf"}
     task.check_evaluation_options(tta_scales, tta_flip)
     info = model_info(model, model_dir)
     data_config = saved_data_config(model, model_dir)
@@ -88,9 +114,48 @@ def _evaluate(model_dir: Path, split: str | None, data_overrides: dict[str, Any]
     tta = {"scales": list(check_scales(tta_scales if tta_scales is not None else (1.0,))), "flip": tta_flip}
     forward = TestTimeAugmented(model, tta["scales"], tta_flip) if tta_scales is not None or tta_flip else model
     forward = task.inference_forward(model, forward, info)
-    scores = evaluate_model(task, model, loader, info, device, forward=forward)
-    return {"model": str(model_dir), "task": task.name, "split": split, "images": len(dataset),
-            "classes": list(info.classes), "tta": tta, **scores}
+    if report_dir is None:
+        scores = evaluate_model(task, model, loader, info, device, forward=forward)
+        return {"model": str(model_dir), "task": task.name, "split": split, "images": len(dataset),
+                "classes": list(info.classes), "tta": tta, **scores}
+    evaluator = task.evaluator(info)
+    recorder = PerImageScores(evaluator, list(sampler) if sampler is not None else range(len(dataset)),
+                              info.num_classes, info.ignore_index)
+    with torch.no_grad():
+        for batch in loader:
+            task.evaluate_batch(forward, batch, recorder, device)
+    recorder.all_reduce()
+    result = {"model": str(model_dir), "task": task.name, "split": split, "images": len(dataset),
+              "classes": list(info.classes), "tta": tta, **recorder.compute()}
+    if group.rank == 0:
+        collate = collate_for(data_config) or torch.utils.data.default_collate
+
+        @torch.no_grad()
+        def sample(index: int) -> tuple[Any, Any, Any]:
+            """One image predicted again: (RGB image, ground truth, prediction) for the report's pictures."""
+            capture = Capture()
+            images, targets = collate([dataset[index]])
+            task.evaluate_batch(forward, (images, targets), capture, device)
+            normalised = task.name != "instance"  # detection models normalise inside
+            picture = displayable(images[0], info.mean, info.std, normalised)
+            if task.name == "instance":
+                return picture, capture.target[0], {k: v.cpu() for k, v in capture.prediction[0].items()}
+            truth, predicted = capture.target[0].cpu().numpy(), capture.prediction[0].cpu().numpy()
+            if truth.ndim == 3:  # a volume: its middle slice
+                truth, predicted = truth[truth.shape[0] // 2], predicted[predicted.shape[0] // 2]
+            return picture, truth, predicted
+
+        matrix = getattr(evaluator, "matrix", None)
+        if matrix is None and hasattr(evaluator, "dataset"):
+            matrix = evaluator.dataset.matrix  # volumes: the voxel confusion matrix
+        inputs = ReportInputs(classes=list(info.classes), palette=[list(c) for c in info.palette],
+                              confusion=matrix, records=recorder.records, samples=sample,
+                              run_dir=run_folder(model_dir), count=report_samples)
+        try:
+            result["report"] = str(write_html_report(report_dir, result, inputs))
+        except OSError as err:  # the scores still count: the caller reports the report's failure
+            result["report_error"] = f"{err.filename or report_dir}: {err.strerror or err}"
+    return result
 
 
 def write_report(scores: dict[str, Any], path: str | Path) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -49,6 +50,8 @@ from torch.utils.data import DataLoader
 from ..data.build import DataBundle, DatasetInfo, build_data
 from ..errors import PixelsegError, closest
 from ..io.checkpoint import atomic_write_bytes, load_training_state, save_training_state
+from ..io.saved_model import read_model_weights, resolve_model_dir
+from ..models.modules.init import initialize
 from ..models.pretrained import save_pretrained
 from ..tasks.base import Task, get_task
 from .config import SCHEDULES, Config, config_to_dict
@@ -78,24 +81,138 @@ class TrainingStopped(KeyboardInterrupt):
     """Training stopped on a signal (SIGTERM) after writing a checkpoint; the message says where."""
 
 
+def quiet_of(hooks: list[Hook]) -> bool:
+    return not any(isinstance(hook, ProgressDisplay) and not hook.quiet for hook in hooks)
+
+
 def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return " ".join(lines[:2])[:300] or type(error).__name__
 
 
+TRAINED_REFINERS = ("crf_as_rnn",)  # model.refine names that are layers of the model, trained with it
+
+
+def wrapped_model_config(config: Config, info: DatasetInfo) -> Any:
+    """``config.model`` as the registered wrappers build it: ``msc`` (DeepLab's multi-scale inputs) and
+    ``crf_as_rnn`` (a trainable CRF layer) around the named network, so that a saved model rebuilds them."""
+    model = config.model
+    refine = dict(model.refine or {})
+    if model.msc is None and refine.get("name") not in TRAINED_REFINERS:
+        return model
+    if config.task != "semantic":
+        raise PixelsegError(f"model.msc and model.refine {refine.get('name')} apply to semantic models, not to "
+                            f"the {config.task} task")
+    name, kwargs = model.name, dict(model.kwargs)
+    if model.msc is not None:
+        name, kwargs = "msc", {"base": name, "base_kwargs": kwargs, "scales": list(model.msc)}
+    if refine.get("name") in TRAINED_REFINERS:
+        refine.pop("name")
+        iterations = refine.pop("iterations", 5)
+        name, kwargs = "crf_as_rnn", {"base": name, "base_kwargs": kwargs, "iterations": iterations,
+                                      "mean": list(info.mean), "std": list(info.std), "crf": refine}
+    return dataclasses.replace(model, name=name, kwargs=kwargs, refine=None, msc=None)
+
+
 def build_model_for(config: Config, info: DatasetInfo) -> nn.Module:
-    """The configured model for a dataset, with the data facts it needs at inference saved in its config."""
+    """The configured model for a dataset, with the data facts it needs at inference saved in its config;
+    re-initialised if ``model.init`` says so."""
     task = get_task(config.task or "semantic")
     try:
-        model = task.build_model(config.model, info)
+        model = task.build_model(wrapped_model_config(config, info), info)
     except (ValueError, TypeError, RuntimeError, KeyError, AssertionError) as err:  # the builder refused model.*
         raise PixelsegError(f"model '{config.model.name}' cannot be built from model.kwargs "
                             f"{config.model.kwargs} ({type(err).__name__}: {_first_line(err)})") from None
+    if config.model.init is not None:
+        initialize(model, config.model.init)
     model.pixelseg_config["task"] = task.name
     model.pixelseg_config["data"] = {**asdict(info), "dataset": asdict(config.data)}
-    if config.model.refine is not None:
+    if config.model.refine is not None and config.model.refine.get("name") not in TRAINED_REFINERS:
         model.pixelseg_config["refine"] = dict(config.model.refine)
     return model
+
+
+@dataclasses.dataclass
+class InitReport:
+    """What ``model.init_from`` copied: tensor names loaded, skipped (another shape) and not in the source."""
+
+    source: Path
+    loaded: list[str]
+    other_shape: list[str]
+    absent: list[str]
+
+    def line(self) -> str:
+        def names(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f", ... ({len(keys)})" if len(keys) > 4 else "")
+
+        text = f"model.init_from {self.source}: loaded {len(self.loaded)} tensors"
+        if self.other_shape:
+            text += f"; skipped {len(self.other_shape)} of another shape ({names(self.other_shape)})"
+        if self.absent:
+            text += f"; {len(self.absent)} not in the source ({names(self.absent)})"
+        return text
+
+
+def init_from(model: nn.Module, path: str | Path) -> InitReport:
+    """Copy into ``model`` the saved weights (``model.safetensors`` of a model or run folder; never a
+    pickle) whose name and shape match its own — FCN-16s from FCN-32s, FCN-8s from FCN-16s."""
+    directory = resolve_model_dir(path)
+    source = read_model_weights(directory)
+    own = model.state_dict()
+    loaded, other_shape, absent = [], [], []
+    for name, tensor in own.items():
+        if name not in source:
+            absent.append(name)
+        elif source[name].shape != tensor.shape:
+            other_shape.append(name)
+        else:
+            loaded.append(name)
+    if not loaded:
+        raise PixelsegError(f"model.init_from: no weight of the saved model has the name and shape of one of "
+                            f"model '{getattr(model, 'pixelseg_config', {}).get('name')}'", directory)
+    with torch.no_grad():
+        for name in loaded:
+            own[name].copy_(source[name])
+    return InitReport(directory, loaded, other_shape, absent)
+
+
+def _matches(name: str, prefix: str) -> bool:
+    prefix = prefix.rstrip(".")
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def frozen_prefixes(config: Config, epoch: int) -> list[str]:
+    """The parameter-name prefixes frozen during ``epoch`` (0-based): ``model.freeze`` for good, and
+    ``train.unfreeze_at_epoch``'s until their epoch. A function of the epoch alone (exact resume)."""
+    schedule = config.train.unfreeze_at_epoch
+    frozen = [p for p in config.model.freeze if p not in schedule]
+    return frozen + [p for p, start in schedule.items() if epoch < start]
+
+
+def apply_freezing(config: Config, model: nn.Module, epoch: int) -> None:
+    """Freeze the parameters under :func:`frozen_prefixes` of ``epoch`` and free the others those settings
+    name; parameters they do not name keep what the model's builder chose."""
+    named = [*config.model.freeze, *config.train.unfreeze_at_epoch]
+    if not named:
+        return
+    frozen = frozen_prefixes(config, epoch)
+    for name, parameter in model.named_parameters():
+        if any(_matches(name, p) for p in named):
+            parameter.requires_grad_(not any(_matches(name, p) for p in frozen))
+
+
+def check_prefixes(config: Config, model: nn.Module) -> None:
+    """Refuse a freeze, unfreeze or lr_mult prefix that names no parameter of the model."""
+    names = [name for name, _ in model.named_parameters()]
+    keys = [("model.freeze", config.model.freeze), ("train.unfreeze_at_epoch", config.train.unfreeze_at_epoch),
+            ("optim.lr_mult", config.optim.lr_mult)]
+    for key, prefixes in keys:
+        for prefix in prefixes:
+            if not any(_matches(name, prefix) for name in names):
+                tops = sorted({name.split(".")[0] for name in names})
+                raise PixelsegError(f"{key}: '{prefix}' is the prefix of no parameter of model "
+                                    f"'{config.model.name}' (its top-level parts: {', '.join(tops)})"
+                                    f"{closest(prefix, tops)}")
 
 
 def loss_terms(config: Config, data: DataBundle | None = None) -> list[dict[str, Any]]:
@@ -118,19 +235,39 @@ def loss_terms(config: Config, data: DataBundle | None = None) -> list[dict[str,
     return terms
 
 
+def parameter_groups(config: Config, model: nn.Module) -> list[dict[str, Any]]:
+    """The optimizer's groups: every parameter that trains at some epoch (not ``model.freeze``'s for good),
+    by ``optim.lr_mult`` prefix (the longest that matches; the others in a first group of multiplier 1)."""
+    schedule = config.train.unfreeze_at_epoch
+    frozen = [p for p in config.model.freeze if p not in schedule]
+    mults = config.optim.lr_mult
+    groups: dict[str | None, list[nn.Parameter]] = {None: [], **{prefix: [] for prefix in mults}}
+    for name, parameter in model.named_parameters():
+        if any(_matches(name, p) for p in frozen):
+            continue
+        if not parameter.requires_grad and not any(_matches(name, p) for p in schedule):
+            continue  # frozen by the model's builder
+        prefix = max((p for p in mults if _matches(name, p)), key=len, default=None)
+        groups[prefix].append(parameter)
+    return [{"params": params, "lr_mult": 1.0 if prefix is None else float(mults[prefix])}
+            for prefix, params in groups.items() if params]
+
+
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     optim = config.optim
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    groups = parameter_groups(config, model)
+    if not groups:
         raise PixelsegError(f"model '{config.model.name}' has no trainable parameters")
     try:
         if optim.name == "adamw":
-            return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+            return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
         if optim.name == "sgd":
-            return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+            return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+        if optim.name == "rmsprop":  # FC-DenseNet trained with Lasagne's rmsprop: rho 0.9, epsilon 1e-6
+            return torch.optim.RMSprop(groups, lr=optim.lr, alpha=0.9, eps=1e-6, weight_decay=optim.weight_decay)
     except ValueError as err:  # torch's own range checks of the optim section
         raise PixelsegError(f"optim: {err}") from None
-    raise PixelsegError(f"unknown optimizer '{optim.name}' (adamw or sgd)")
+    raise PixelsegError(f"unknown optimizer '{optim.name}' (adamw, sgd or rmsprop)")
 
 
 def poly_lr(base_lr: float, step: int, total_steps: int, power: float, warmup_steps: int = 0) -> float:
@@ -210,7 +347,7 @@ class LearningRateSchedule(Hook):
     def on_step_start(self, trainer: Trainer) -> None:
         lr = learning_rate(trainer.config, trainer.step, trainer.total_steps)
         for group in trainer.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
 class ProgressDisplay(Hook):
@@ -355,13 +492,24 @@ class Trainer:
         if not group.is_main:
             self.hooks = [hook for hook in self.hooks if not hook.main_process_only]
         torch.manual_seed(config.train.seed)
-        self.data = build_data(config.data)
+        weight_map = config.train.weight_map
+        self.data = build_data(config.data, weight_map=weight_map) if weight_map else build_data(config.data)
         per_step = config.data.batch_size * group.world_size * config.train.accumulate
         if len(self.data.train) < (per_step if self.task.drop_last else 1):
             raise PixelsegError(f"the training set has {len(self.data.train)} images, fewer than one optimizer "
                                 f"step's {per_step} (data.batch_size {config.data.batch_size} × "
                                 f"{group.world_size} processes × train.accumulate {config.train.accumulate})")
         self.model = build_model_for(config, self.data.info).to(self.device)
+        check_prefixes(config, self.model)
+        if config.train.unfreeze_at_epoch and group.enabled:
+            raise PixelsegError("train.unfreeze_at_epoch does not run under torchrun (DistributedDataParallel "
+                                "fixes the trained parameters when it wraps the model); train on one process")
+        self.init_report: InitReport | None = None
+        if config.model.init_from is not None and not self.resume:  # a resumed run has its own weights
+            self.init_report = init_from(self.model, config.model.init_from)
+            if not quiet_of(self.hooks) and group.is_main:
+                console.print(self.init_report.line(), highlight=False, soft_wrap=True)
+        apply_freezing(config, self.model, self.epoch)
         if config.train.channels_last:
             to_channels_last(self.model)
         self.train_model = self._wrap_for_processes(self.model)
@@ -436,6 +584,7 @@ class Trainer:
         seed = self.config.train.seed * 100_003 + self.epoch
         # Rank 0 (and a single process) draws exactly as before; other ranks augment with their own stream.
         torch.manual_seed(seed + self.group.rank * 7_919)
+        apply_freezing(self.config, self.model, self.epoch)
         for term in (self.criterion.modules() if self.criterion is not None else []):
             if hasattr(term, "set_epoch"):  # scheduled losses (e.g. region_boundary) follow the epoch
                 term.set_epoch(self.epoch)

@@ -65,17 +65,25 @@ def crop_target_to(target: Tensor, size: tuple[int, ...]) -> Tensor:
     return target[index]
 
 
-def segmentation_loss(output: Tensor | SegmentationOutput, target: Tensor, criterion: nn.Module) -> Tensor:
-    """Main loss plus weighted auxiliary losses (aux logits resized to the main logits' size)."""
+def segmentation_loss(output: Tensor | SegmentationOutput, target: Tensor, criterion: nn.Module,
+                      pixel_weights: Tensor | None = None) -> Tensor:
+    """Main loss plus weighted auxiliary losses (aux logits resized to the main logits' size);
+    ``pixel_weights`` (U-Net's weight map, cropped like the target) weigh every pixel's term."""
     main = output.out if isinstance(output, SegmentationOutput) else output
     target = crop_target_to(target, tuple(main.shape[2:]))
-    loss = criterion(main, target)
+    extra: tuple[Tensor, ...] = ()
+    if pixel_weights is not None:
+        if not getattr(criterion, "accepts_pixel_weights", False):
+            raise PixelsegError("train.weight_map needs a loss that takes per-pixel weights (cross_entropy); "
+                                f"the configured loss is {type(criterion).__name__}")
+        extra = (crop_target_to(pixel_weights, tuple(main.shape[2:])),)
+    loss = criterion(main, target, *extra)
     if isinstance(output, SegmentationOutput):
         mode = "bilinear" if main.dim() == 4 else "trilinear"
         for weight, aux in zip(output.aux_weights, output.aux, strict=True):
             if aux.shape[2:] != main.shape[2:]:
                 aux = F.interpolate(aux, size=main.shape[2:], mode=mode, align_corners=False)
-            loss = loss + weight * criterion(aux, target)
+            loss = loss + weight * criterion(aux, target, *extra)
     return loss
 
 
@@ -92,9 +100,11 @@ class SemanticTask(Task):
         return build_loss(terms, ignore_index=data.info.ignore_index)
 
     def loss(self, model: nn.Module, batch: Any, criterion: nn.Module | None, device: torch.device) -> LossResult:
-        images, targets = batch
+        images, targets, *weights = batch  # (images, masks[, U-Net weight maps]) — train.weight_map
         images, targets = images.to(device), targets.to(device)
-        return LossResult(segmentation_loss(model(images), targets, criterion), count=images.shape[0])
+        pixel_weights = weights[0].to(device) if weights else None
+        return LossResult(segmentation_loss(model(images), targets, criterion, pixel_weights),
+                          count=images.shape[0])
 
     def evaluator(self, info: DatasetInfo) -> ConfusionMatrix:
         return ConfusionMatrix(info.num_classes, info.ignore_index)
