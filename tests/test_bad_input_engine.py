@@ -406,46 +406,49 @@ def _train_in_child(config_path: str, resume: bool) -> None:
     train(load_config(config_path), resume=resume, quiet=True)
 
 
-def _train_with_kills(config_path: Path, out_dir: Path, delays: list[float]) -> int:
-    """Train, SIGKILL the training after each delay (resuming when a checkpoint exists), then let it finish;
-    the number of kills that landed."""
+def _train_with_kills(config_path: Path, out_dir: Path, rng: random.Random, kills_wanted: int = 3) -> int:
+    """Train and SIGKILL the training at random moments — each after it has written one more checkpoint, then a
+    random fraction of a step later (inside a step, or while the next checkpoint is being written) — resuming
+    from the last checkpoint each time, then let it finish; the number of kills that landed."""
     context = multiprocessing.get_context("fork")
+    state = out_dir / "last.safetensors"
     kills = 0
-    for delay in [*delays, None]:
-        resume = (out_dir / "last.safetensors").exists()
+    while True:
+        resume = state.exists()
+        written_before = state.stat().st_mtime_ns if resume else None
         child = context.Process(target=_train_in_child, args=(str(config_path), resume))
         child.start()
-        if delay is None:
+        if kills == kills_wanted:
             child.join(300)
             assert child.exitcode == 0, f"the last run failed (exit {child.exitcode})"
             return kills
-        child.join(delay)
-        if child.exitcode is not None:  # finished before the kill: nothing left to interrupt
+        deadline = time.monotonic() + 120
+        while child.is_alive() and time.monotonic() < deadline and (
+                not state.exists() or state.stat().st_mtime_ns == written_before):
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.15))
+        if not child.is_alive():  # finished before the kill: nothing left to interrupt
+            child.join()
             assert child.exitcode == 0
             return kills
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         kills += 1
-    return kills
 
 
 @pytest.mark.parametrize("base", [TINY, TINY_VOLUME, TINY_INSTANCE], ids=["semantic", "volumetric", "instance"])
 def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path: Path, base: dict) -> None:
     seed = int(os.environ.get("PIXELSEG_KILL_SEED", random.randrange(10**6)))
     sections = {"train": {"steps": 8}} if base is TINY_INSTANCE else {"train": {"epochs": 3, "checkpoint_every_steps": 1}}
-    started = time.perf_counter()
     straight = train(load_config(write_config(tmp_path, "straight", base, **sections)), quiet=True)
-    duration = time.perf_counter() - started  # the kills land inside a run of this length, whatever the machine
     killed_config = write_config(tmp_path, "killed", base, **sections)
-    rng = random.Random(seed)
-    delays = [rng.uniform(0.2, 0.8) * duration for _ in range(3)]
-    kills = _train_with_kills(killed_config, tmp_path / "killed", delays)
-    assert kills >= 1, f"training ended before the first kill (delays {delays}): make the run longer"
+    kills = _train_with_kills(killed_config, tmp_path / "killed", random.Random(seed))
+    assert kills >= 1, f"training ended before the first kill (PIXELSEG_KILL_SEED={seed}): make the run longer"
     expected = load_state_dict(straight / "last_model" / "model.safetensors")
     got = load_state_dict(tmp_path / "killed" / "last_model" / "model.safetensors")
     for key, value in expected.items():
         torch.testing.assert_close(got[key], value, rtol=0, atol=0,
-                                   msg=f"{key} differs (PIXELSEG_KILL_SEED={seed}, delays {delays})")
+                                   msg=f"{key} differs (PIXELSEG_KILL_SEED={seed}, {kills} kills)")
 
 
 def test_predict_reports_an_input_pillow_refuses_and_writes_the_others(tmp_path: Path, trained_run: Path,

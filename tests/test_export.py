@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 import pixelseg
 from pixelseg import cli
 from pixelseg.errors import PixelsegError
+from pixelseg.inference import export as export_module
 from pixelseg.inference.export import OPSET, export_model_dir, export_onnx, sample_size
 from pixelseg.inference.speedups import fold_batchnorm, optimize_for_inference
 from pixelseg.models.modules.blocks import crop_to, pad_to_multiple
@@ -51,9 +52,11 @@ SMALL: dict[str, dict] = {
 # for the architecture; widths are fixed).
 NOT_SMALL = {"fcn8s", "fcn16s", "fcn32s", "hrnetv2_w48"}
 # Detection models: torchvision's detectors, whose lists-of-dicts outputs are not an ONNX image graph.
-DETECTION = {"mask_rcnn", "keypoint_rcnn"}
+DETECTION = {"mask_rcnn", "keypoint_rcnn", "panoptic_fpn", "yolact", "polarmask"}
+# Wrappers around another registered model (multi-scale inputs, CRF-as-RNN): exported through the model they wrap.
+WRAPPERS = {"msc", "crf_as_rnn"}
 def test_every_registered_model_has_a_small_configuration_or_is_named_as_too_large() -> None:
-    assert set(pixelseg.list_models()) == set(SMALL) | NOT_SMALL | DETECTION
+    assert set(pixelseg.list_models()) == set(SMALL) | NOT_SMALL | DETECTION | WRAPPERS
 
 
 @pytest.mark.slow
@@ -64,7 +67,7 @@ def test_exported_graph_matches_eager_on_onnx_runtime_at_another_size(name: str,
     export_onnx(model, path, in_channels=3, name=name)
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)
-    assert graph.opset_import[0].version == OPSET
+    assert graph.opset_import[0].version in (OPSET, export_module.DYNAMO_MIN_OPSET)  # torch.export: 18 at least
     dims = [d.dim_param for d in graph.graph.input[0].type.tensor_type.shape.dim]
     volume = name == "vnet"
     assert dims == ["batch", ""] + (["depth"] if volume else []) + ["height", "width"]
@@ -185,7 +188,7 @@ def test_export_command_writes_a_checked_graph_and_refuses_in_one_line(tmp_path:
     result = CliRunner().invoke(cli.app, ["export", str(tmp_path / "model"), "--format", "onnx",
                                           "--out", str(tmp_path / "model.onnx")])
     assert result.exit_code == 0, result.output
-    assert f"opset {OPSET}" in result.output
+    assert any(f"opset {opset}" in result.output for opset in (OPSET, export_module.DYNAMO_MIN_OPSET))
     onnx.checker.check_model(str(tmp_path / "model.onnx"))
     # Padding to a multiple of the stride at a traced size needs opset 11's dynamic Pad: refused below it.
     pixelseg.create_model("unetplusplus", num_classes=3, **SMALL["unetplusplus"]).save_pretrained(tmp_path / "pp")
@@ -207,3 +210,28 @@ def test_export_refuses_an_instance_model_before_tracing_it(tmp_path: Path) -> N
     with pytest.raises(PixelsegError, match="this is an instance model") as caught:
         export_model_dir(tmp_path / "detector", tmp_path / "detector.onnx")
     assert "\n" not in str(caught.value) and not (tmp_path / "detector.onnx").exists()
+
+
+@pytest.mark.slow
+def test_torch_export_writes_deeplab_and_the_valid_unet_falls_back_to_torchscript(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``exporter="auto"``: torch.export where it keeps dynamic sizes and passes the float64 check, else the
+    TorchScript tracer (the paper U-Net's crops make torch.export freeze its height and width)."""
+    pytest.importorskip("onnxscript")
+    monkeypatch.setattr(export_module, "TORCHSCRIPT_MODELS", frozenset())  # try torch.export on the U-Net too
+    for name, expected in (("deeplabv3plus", "dynamo"), ("unet", "torchscript")):
+        model = pixelseg.create_model(name, num_classes=3, in_channels=3, **SMALL[name]).eval()
+        report = export_onnx(model, tmp_path / f"{name}.onnx", in_channels=3, name=name)
+        assert report.exporter == expected, report.notes
+        dims = [d.dim_param for d in onnx.load(str(report.path)).graph.input[0].type.tensor_type.shape.dim]
+        assert dims[0] and dims[2] and dims[3], dims
+    assert "froze input axes" in " ".join(report.notes)
+
+
+def test_without_onnxscript_the_torchscript_exporter_writes_the_graph(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export_module, "dynamo_available", lambda: False)
+    model = pixelseg.create_model("unet", num_classes=2, base_channels=4, depth=2).eval()
+    assert export_onnx(model, tmp_path / "u.onnx", in_channels=3).exporter == "torchscript"
+    with pytest.raises(PixelsegError, match="needs onnxscript"):
+        export_onnx(model, tmp_path / "d.onnx", in_channels=3, exporter="dynamo")

@@ -122,7 +122,8 @@ def test_models_healthz_docs_page_and_remove_bg_answer(client: TestClient) -> No
     assert "http://" not in page.text and "https://" not in page.text  # offline: no CDN
     assert "http" not in client.get("/static/app.js").text
     removed = client.post("/v1/remove-bg", files={"image": ("a.png", png(), "image/png")})
-    assert removed.status_code == 501 and "not available" in removed.json()["detail"]
+    assert removed.status_code == 200 and removed.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(removed.content)).mode == "RGBA"
 
 
 def test_non_images_get_415_with_a_one_line_reason(client: TestClient) -> None:

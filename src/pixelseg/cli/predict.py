@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
                 backend: Annotated[str, typer.Option(help="'torch' (eager) or 'onnxruntime'")] = "torch",
                 optimize: Annotated[bool, typer.Option(help="fold batch norms, channels_last (same outputs)")] = False,
                 compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the eager model")] = False,
+                precision: Annotated[str, typer.Option(
+                    help="'fp32', 'bf16' (eager autocast) or 'int8' (ONNX Runtime on model.int8.onnx of "
+                         "pixelseg export, else a fresh quantization)")] = "fp32",
                 threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
                 tile: Annotated[int | None, typer.Option(help="tile side: overlap-tile / sliding window")] = None,
                 overlap: Annotated[int | None, typer.Option(
@@ -61,7 +64,7 @@ def register(app: typer.Typer) -> None:
         options = InferenceOptions(backend=backend, optimize=optimize, compile=compile_, threads=threads, tile=tile,
                                    overlap=overlap, tile_batch=tile_batch, blend=blend, stream=stream,
                                    tta_scales=parse_scales(tta_scales) if tta_scales is not None else None,
-                                   tta_flip=tta_flip)
+                                   tta_flip=tta_flip, precision=precision)
         crf = DenseCRFConfig.with_overrides(
             iterations=crf_iterations, gaussian_sxy=crf_gaussian_sxy, gaussian_compat=crf_gaussian_compat,
             bilateral_sxy=crf_bilateral_sxy, bilateral_srgb=crf_bilateral_srgb,

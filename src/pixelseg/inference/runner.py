@@ -12,6 +12,7 @@ import torch
 
 from ..errors import PixelsegError
 from .forward import forward_whole
+from .quantize import check_precision
 from .tiling import tiled_logits
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -34,12 +35,20 @@ class InferenceOptions:
     tta_scales: Sequence[float] | None = None  # inference.tta: average over scales ...
     tta_flip: bool = False  # ... and the left-right flip
     stream: bool = False  # read window by window, write a tiled TIFF of labels (images larger than memory)
+    precision: str = "fp32"  # "bf16": eager autocast; "int8": ONNX Runtime on the quantized graph (inference.quantize)
+    calibration: int = 16  # int8 without a saved model.int8.onnx: training images to calibrate on
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
             raise PixelsegError(f"unknown backend '{self.backend}' (choose one of: {', '.join(BACKENDS)})")
         if self.backend == "onnxruntime" and (self.optimize or self.compile):
             raise PixelsegError("--optimize/--compile apply to the torch backend; ONNX Runtime optimises its graph")
+        check_precision(self.precision)
+        if self.precision == "bf16" and self.backend != "torch":
+            raise PixelsegError("--precision bf16 runs the eager model under autocast; use --backend torch")
+        if self.precision != "fp32" and (self.optimize or self.compile):
+            raise PixelsegError(f"--optimize/--compile apply to fp32; --precision {self.precision} picks its own "
+                                "speed-ups")
         if self.tile is not None and self.tile < 1:
             raise PixelsegError(f"--tile must be positive, not {self.tile}")
         if self.stream and (self.tta_scales is not None or self.tta_flip):
@@ -65,16 +74,44 @@ def onnx_runner(model: torch.nn.Module, model_dir: Path, threads: int | None) ->
         return OnnxRuntimeModel(target, threads=threads, geometry=model)
 
 
+def int8_runner(model: torch.nn.Module, model_dir: Path, threads: int | None, calibration: int) -> LogitsFn:
+    """The faster installed runtime (ONNX Runtime, or OpenVINO when installed; timed on one image) on
+    ``model.int8.onnx`` next to the saved model (``pixelseg export --precision int8``), else on a fresh,
+    ungated quantization calibrated on ``calibration`` training images (in a temporary folder)."""
+    from .export import export_onnx, sample_size
+    from .quantize import fastest, int8_runtimes, quantize_int8, saved_data, split_images
+
+    example = torch.randn(1, model.pixelseg_config.get("in_channels", 3), *sample_size(model, 128))
+    saved = model_dir / "model.int8.onnx"
+    if saved.is_file():
+        return fastest(int8_runtimes(saved, model, threads), example)[1]
+    config, info = saved_data(model, model_dir)
+    with tempfile.TemporaryDirectory(prefix="pixelseg-int8-") as folder:
+        fp32 = Path(folder) / "model.onnx"
+        export_onnx(model, fp32, in_channels=model.pixelseg_config.get("in_channels", 3),
+                    name=model.pixelseg_config.get("name", str(model_dir)))
+        target = quantize_int8(fp32, Path(folder) / "model.int8.onnx",
+                               split_images(config, info, config.train_split, calibration))
+        return fastest(int8_runtimes(target, model, threads), example)[1]
+
+
 def build_runner(model: torch.nn.Module, model_dir: Path, options: InferenceOptions, device: str = "cpu") -> Runner:
-    """The callable that maps an image batch to logits: eager, optimised eager or ONNX Runtime (+ TTA)."""
+    """The callable that maps an image batch to logits: eager, optimised eager, ONNX Runtime, bf16 autocast or
+    int8 ONNX Runtime (+ TTA)."""
     from .export import sample_size
+    from .quantize import bf16_model
     from .speedups import optimize_for_inference
     from .tta import TestTimeAugmented, check_scales
 
     if options.threads:
         torch.set_num_threads(options.threads)
     runner: Runner = model
-    if options.backend == "onnxruntime":
+    if options.precision == "int8":
+        runner = int8_runner(model, model_dir, options.threads, options.calibration)
+    elif options.precision == "bf16":
+        in_channels = model.pixelseg_config.get("in_channels", 3)
+        runner = bf16_model(model, torch.randn(1, in_channels, *sample_size(model, 128), device=device))
+    elif options.backend == "onnxruntime":
         runner = onnx_runner(model, model_dir, options.threads)
     elif options.optimize or options.compile:
         in_channels = model.pixelseg_config.get("in_channels", 3)

@@ -1,7 +1,7 @@
 """The HTTP API and the web page of ``pixelseg serve`` (FastAPI; run by uvicorn).
 
 Routes: ``POST /v1/segment`` (multipart ``image`` → JSON, label PNG or overlay PNG), ``POST /v1/remove-bg``
-(501 until background removal exists), ``GET /v1/models``, ``GET /healthz``, the OpenAPI docs at ``/docs``
+(multipart ``image`` → RGBA PNG cut-out, ``pixelseg remove-bg``'s), ``GET /v1/models``, ``GET /healthz``, the OpenAPI docs at ``/docs``
 and the page at ``/`` (its files under ``/static``).
 
 Limits: a request body over the upload limit is refused with 413 while it arrives (by its
@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..refiners.matting import DEFAULT_REFINEMENT
 from .segment import Limits, Prediction, ServedModel, UploadRefused
 
 STATIC = Path(__file__).with_name("static")
@@ -140,8 +141,8 @@ def create_app(model_dir: str | Path, *, device: str = "cpu", limits: Limits | N
         pool.shutdown()
 
     app = FastAPI(title="pixelseg", version=__version__, lifespan=lifespan,
-                  description="Segment images with a saved pixelseg model. `POST /v1/remove-bg` answers 501 "
-                              "until background removal is available in the server.")
+                  description="Segment images with a saved pixelseg model; `POST /v1/remove-bg` cuts the "
+                              "foreground out as an RGBA PNG.")
     app.state.served, app.state.pool, app.state.limits = served, pool, limits
     app.add_middleware(BodyLimit, max_bytes=limits.max_bytes + MULTIPART_OVERHEAD)
 
@@ -173,11 +174,24 @@ def create_app(model_dir: str | Path, *, device: str = "cpu", limits: Limits | N
             raise UploadRefused(504, f"no answer within the server's timeout of {limits.timeout_s:g} s") from None
         return Response(result.body, media_type=result.media_type)
 
-    @app.post("/v1/remove-bg", status_code=501, responses={501: {"description": "not available yet"}})
-    async def remove_bg() -> JSONResponse:
-        """Background removal (RGBA PNG): not available in the server yet, answers 501."""
-        return JSONResponse({"detail": "background removal is not available in this server yet; "
-                                       "POST /v1/segment gives the masks"}, status_code=501)
+    @app.post("/v1/remove-bg", responses={200: {"content": {"image/png": {}}}, **REFUSALS})
+    async def remove_bg(image: UploadFile = File(..., description="the photo to cut out"),
+                        refine: Literal["guided", "matting", "crf", "none"] = Query(
+                            DEFAULT_REFINEMENT, description="how the mask's edge becomes soft: guided filter, "
+                                                            "closed-form matting, dense CRF or none"),
+                        class_name: str | None = Query(None, alias="class",
+                                                       description="the foreground class [foreground/horse/"
+                                                                   "person, else class 1 of a binary model]")
+                        ) -> Response:
+        """Cut the foreground out of one photo: an RGBA PNG of the photo's size (``pixelseg remove-bg``)."""
+        data = await image.read(limits.max_bytes + 1)
+        if len(data) > limits.max_bytes:
+            raise UploadRefused(413, f"upload over the limit of {limits.max_bytes:,} bytes")
+        try:
+            result = await pool.run(lambda: served.remove_background(data, refine, class_name), limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise UploadRefused(504, f"no answer within the server's timeout of {limits.timeout_s:g} s") from None
+        return Response(result.body, media_type=result.media_type)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

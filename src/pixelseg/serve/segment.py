@@ -136,6 +136,26 @@ class ServedModel:
             return Prediction(png_bytes(overlay(image, labels, self.info.palette)), "image/png")
         return Prediction(json.dumps(self.summary(labels)).encode(), "application/json")
 
+    def remove_background(self, data: bytes, refine: str, class_name: str | None = None) -> Prediction:
+        """The uploaded photo cut out as an RGBA PNG (``pixelseg remove-bg``'s output): the pixels of the
+        foreground class (``class_name``, else :func:`~pixelseg.refiners.matting.foreground_class`'s rule)
+        with the mask's edge refined by ``refine`` into an alpha matte."""
+        from ..refiners.matting import REFINEMENTS, alpha_matte, foreground_class, rgba
+
+        if self.task.name != "semantic":
+            raise UploadRefused(400, f"background removal needs a semantic model; this one is {self.task.name}")
+        if refine not in REFINEMENTS:
+            raise UploadRefused(400, f"refine must be one of {', '.join(REFINEMENTS)}, not {refine!r}")
+        try:
+            foreground = foreground_class(self.info.classes, class_name)
+        except PixelsegError as err:
+            raise UploadRefused(400, str(err)) from None
+        image = decode_upload(data, self.info.image_mode, self.max_pixels)
+        mask = self.labels(image) == foreground
+        photo = np.asarray(image.convert("RGB"))
+        cutout = rgba(photo, alpha_matte(photo, mask, refine))
+        return Prediction(png_bytes(Image.fromarray(cutout, "RGBA")), "image/png")
+
     def labels(self, image: Image.Image) -> np.ndarray:
         """Class indices ``(H, W)`` of a decoded image, as ``pixelseg predict`` computes them."""
         try:

@@ -110,6 +110,19 @@ class Task:
         raise NotImplementedError
 
 
+def refuse_pixel_options(task: str, options: PredictOptions) -> None:
+    """Detectors (instance, panoptic) predict whole images with eager PyTorch in fp32: the semantic inference
+    options are refused in one line rather than ignored; the score threshold must be a probability."""
+    inference = options.inference
+    if options.refine is not None or (inference is not None and (
+            inference.uses_tta or inference.tile is not None or inference.stream or inference.backend != "torch"
+            or inference.optimize or inference.compile or inference.precision != "fp32")):
+        raise PixelsegError(f"{task} models predict whole images with eager PyTorch: --refine, --tile, --stream, "
+                            "--tta-*, --backend, --optimize, --compile and --precision do not apply")
+    if not 0.0 <= options.score_threshold <= 1.0:
+        raise PixelsegError(f"--score-threshold must be in [0, 1], not {options.score_threshold}")
+
+
 def model_info(model: nn.Module, model_dir: Path) -> DatasetInfo:
     """The data facts saved with a model (classes, palette, normalisation) as a ``DatasetInfo``."""
     data = getattr(model, "pixelseg_config", {}).get("data")

@@ -28,7 +28,15 @@ from ..io.render import draw_instances, png_bytes
 from ..metrics.coco import CocoEvaluator, detections_to_coco
 from ..models.config import ModelConfig
 from ..models.registry import create_model
-from .base import LossResult, PredictOptions, Predictor, Task, list_inputs, register_task
+from .base import (
+    LossResult,
+    PredictOptions,
+    Predictor,
+    Task,
+    list_inputs,
+    refuse_pixel_options,
+    register_task,
+)
 
 Target = dict[str, Tensor]
 
@@ -120,14 +128,7 @@ class InstanceTask(Task):
         recompute_batchnorm_statistics(model, iter(loader), batches)
 
     def predictor(self, model: nn.Module, model_dir: Path, info: DatasetInfo, options: PredictOptions) -> Predictor:
-        inference = options.inference
-        if options.refine is not None or (inference is not None and (
-                inference.uses_tta or inference.tile is not None or inference.stream or inference.backend != "torch"
-                or inference.optimize or inference.compile)):
-            raise PixelsegError("instance models predict whole images with eager PyTorch: --refine, --tile, "
-                                "--stream, --tta-*, --backend, --optimize and --compile do not apply")
-        if not 0.0 <= options.score_threshold <= 1.0:
-            raise PixelsegError(f"--score-threshold must be in [0, 1], not {options.score_threshold}")
+        refuse_pixel_options("instance", options)
         return InstancePredictor(model, info, options)
 
 

@@ -33,7 +33,7 @@ from ..io.render import instance_colours, png_bytes
 from ..metrics.panoptic import PanopticQuality
 from ..models.config import ModelConfig
 from ..models.registry import create_model
-from .base import PredictOptions, Predictor, list_inputs, register_task
+from .base import PredictOptions, Predictor, list_inputs, refuse_pixel_options, register_task
 from .instance import InstanceTask
 
 
@@ -134,14 +134,7 @@ class PanopticTask(InstanceTask):
         evaluator.update([{key: value.cpu() for key, value in output.items()} for output in outputs], targets)
 
     def predictor(self, model: nn.Module, model_dir: Path, info: DatasetInfo, options: PredictOptions) -> Predictor:
-        inference = options.inference
-        if options.refine is not None or (inference is not None and (
-                inference.uses_tta or inference.tile is not None or inference.stream or inference.backend != "torch"
-                or inference.optimize or inference.compile)):
-            raise PixelsegError("panoptic models predict whole images with eager PyTorch: --refine, --tile, "
-                                "--stream, --tta-*, --backend, --optimize and --compile do not apply")
-        if not 0.0 <= options.score_threshold <= 1.0:
-            raise PixelsegError(f"--score-threshold must be in [0, 1], not {options.score_threshold}")
+        refuse_pixel_options("panoptic", options)
         _split_classes(info)
         return PanopticPredictor(model, info, options)
 

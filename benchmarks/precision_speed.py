@@ -1,0 +1,103 @@
+"""CPU time of reduced-precision inference at 1x3x512x512 against segmentation_models_pytorch eager fp32.
+
+The peers are smp's ``Unet(resnet34)`` and (``--models``) ``DeepLabV3Plus(resnet50)`` with random weights and
+batch norms calibrated on random images (``inference_speed.calibrated``). Paths, all on smp's own graph:
+
+* ``smp eager fp32``: ``model(x)`` under ``torch.inference_mode`` (the baseline, 1.00x);
+* ``onnxruntime fp32``: ``inference.export.export_onnx`` run by ``OnnxRuntimeModel`` (pixelseg's fp32 fast path);
+* ``bf16 autocast (NCHW / channels_last)``: ``inference.quantize.Bf16Model`` (``torch.autocast("cpu", bfloat16)``);
+* ``onnxruntime int8``: ``inference.quantize.quantize_int8`` of the fp32 graph (QDQ, per-channel int8 weights,
+  uint8 activations) calibrated on ``--calibration`` random images (the speed does not depend on the ranges;
+  accuracy on a trained model is ``pixelseg export --precision int8``'s gate, see RESULTS.md);
+* ``openvino int8``: the same quantized graph on OpenVINO, when ``openvino`` is installed (optional).
+
+Time is process CPU time (``time.process_time``: other processes share this machine, which wall-clock time
+would count), at ``--threads`` threads for every path; the paths take turns for ``--rounds`` rounds after a
+warm-up call, and the median and minimum of each are printed with their ratio against smp. Next to each
+path: its largest error against the same graph in float64 (fp32 paths must stay within 2x smp's own) and
+the fraction of labels equal to float64's.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/precision_speed.py --rounds 5 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pixelseg.inference.export import OnnxRuntimeModel, export_onnx, within_float32_error
+from pixelseg.inference.quantize import Bf16Model, OpenVinoModel, openvino_available, quantize_int8
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference_speed import GUARD_ATOL, calibrated, peers  # noqa: E402
+
+
+def cpu_seconds(run, images: torch.Tensor) -> float:
+    with torch.inference_mode():
+        start = time.process_time()
+        run(images)
+        return time.process_time() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--calibration", type=int, default=8)
+    parser.add_argument("--models", default="Unet/resnet34")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(1)
+    images = torch.randn(1, 3, args.size, args.size)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), input 1x3x{args.size}x{args.size}, {args.rounds} "
+          f"interleaved rounds, process CPU time; load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in peers().items():
+            if name not in args.models.split(","):
+                continue
+            baseline = calibrated(model)
+            with torch.inference_mode():
+                reference = baseline(images)
+                exact = copy.deepcopy(baseline).double()(images.double())
+            fp32_graph = Path(tmp) / f"{name.replace('/', '_')}.onnx"
+            export_onnx(copy.deepcopy(baseline), fp32_graph, in_channels=3, name=name, check_sizes=((96, 160),),
+                        atol=GUARD_ATOL)
+            int8_graph = quantize_int8(fp32_graph, Path(tmp) / "int8.onnx",
+                                       [torch.randn(1, 3, args.size, args.size) for _ in range(args.calibration)])
+            paths = {"smp eager fp32": baseline,
+                     "onnxruntime fp32": OnnxRuntimeModel(fp32_graph, threads=args.threads),
+                     "bf16 autocast NCHW": Bf16Model(copy.deepcopy(baseline)).eval(),
+                     "bf16 autocast channels_last": Bf16Model(copy.deepcopy(baseline), channels_last=True).eval(),
+                     "onnxruntime int8 (QDQ, per-channel)": OnnxRuntimeModel(int8_graph, threads=args.threads)}
+            if openvino_available():  # optional: the same QDQ graph on OpenVINO's int8 kernels
+                paths["openvino int8 (same graph)"] = OpenVinoModel(int8_graph, threads=args.threads)
+            for label, run in paths.items():  # equality against float64, and the warm-up call
+                with torch.inference_mode():
+                    check = within_float32_error(run(images), reference, exact)
+                verdict = ("within 2x smp fp32's error" if check.passed else "beyond 2x smp fp32's error") \
+                    if "fp32" in label else "reduced precision"
+                print(f"  {name} | {label:36s} max|Δ float64| {check.error:.2e} (smp fp32 {check.own_error:.2e}), "
+                      f"labels = float64 {100 * check.labels:.3f}%  [{verdict}]")
+            seconds: dict[str, list[float]] = {label: [] for label in paths}
+            for _ in range(args.rounds):
+                for label, run in paths.items():
+                    seconds[label].append(cpu_seconds(run, images))
+            base_median, base_min = statistics.median(seconds["smp eager fp32"]), min(seconds["smp eager fp32"])
+            for label, values in seconds.items():
+                median, fastest = statistics.median(values), min(values)
+                print(f"  {name} | {label:36s} median {median:6.3f} s ({base_median / median:4.2f}x)  "
+                      f"min {fastest:6.3f} s ({base_min / fastest:4.2f}x)")
+    print("targets: int8 >= 4x, bf16 >= 2.5x smp eager fp32")
+
+
+if __name__ == "__main__":
+    main()
