@@ -33,13 +33,14 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
 import torch
+from timing import interleaved_seconds, print_against_baseline
 from torch import nn
 
 from pixelseg.inference.export import OnnxRuntimeModel, export_onnx
@@ -70,11 +71,17 @@ def peers() -> dict[str, nn.Module]:
             "DeepLabV3Plus/resnet50": smp.DeepLabV3Plus("resnet50", encoder_weights=None, classes=2)}
 
 
-def time_once(run, images: torch.Tensor) -> float:
-    with torch.inference_mode():
-        start = time.perf_counter()
-        run(images)
-        return time.perf_counter() - start
+def calibrated_peers(names: str, images: torch.Tensor) -> Iterator[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
+    """The peers named in ``names`` (comma-separated), calibrated, each with its logits on ``images`` and
+    those of the same graph run in float64 (the rounding-free value)."""
+    for name, model in peers().items():
+        if name not in names.split(","):
+            continue
+        baseline = calibrated(model)
+        with torch.inference_mode():
+            reference = baseline(images)
+            exact = copy.deepcopy(baseline).double()(images.double())
+        yield name, baseline, reference, exact
 
 
 def equality(out: torch.Tensor, reference: torch.Tensor, exact: torch.Tensor) -> str:
@@ -100,13 +107,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, smp {smp.__version__}, {args.threads} thread(s), input 1x3x{args.size}x"
           f"{args.size}, {args.rounds} interleaved rounds; load average at start "
           f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    for name, model in peers().items():
-        if name not in args.models.split(","):
-            continue
-        baseline = calibrated(model)
-        with torch.inference_mode():
-            reference = baseline(images)
-            exact = copy.deepcopy(baseline).double()(images.double()).float()  # float64: the rounding-free value
+    for name, baseline, reference, exact in calibrated_peers(args.models, images):
+        exact = exact.float()
         print(f"  {name}: largest |logit| {float(reference.abs().max()):.2f}; smp float32 vs float64: max|Δ| "
               f"{float((reference - exact).abs().max()):.2e}")
         fast = optimize_for_inference(copy.deepcopy(baseline), images, atol=GUARD_ATOL)
@@ -130,15 +132,8 @@ def main() -> None:
             with torch.inference_mode():
                 out = run(images)
             print(f"  {name} | {label}: {equality(out, reference, exact)}")
-        seconds: dict[str, list[float]] = {label: [] for label in paths}
-        for _ in range(args.rounds):
-            for label, run in paths.items():
-                seconds[label].append(time_once(run, images))
-        base_median, base_min = statistics.median(seconds["smp eager"]), min(seconds["smp eager"])
-        for label, values in seconds.items():
-            median, fastest = statistics.median(values), min(values)
-            print(f"  {name} | {label:48s} median {median:6.3f} s ({base_median / median:4.2f}x)  "
-                  f"min {fastest:6.3f} s ({base_min / fastest:4.2f}x)  (all: {', '.join(f'{v:.2f}' for v in values)})")
+        seconds = interleaved_seconds(paths, images, args.rounds)
+        print_against_baseline(name, seconds, "smp eager", 48, show_all=True)
     print(f"load average at end {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

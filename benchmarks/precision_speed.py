@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -37,14 +36,8 @@ from pixelseg.inference.export import OnnxRuntimeModel, export_onnx, within_floa
 from pixelseg.inference.quantize import Bf16Model, OpenVinoModel, openvino_available, quantize_int8
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_speed import GUARD_ATOL, calibrated, peers  # noqa: E402
-
-
-def cpu_seconds(run, images: torch.Tensor) -> float:
-    with torch.inference_mode():
-        start = time.process_time()
-        run(images)
-        return time.process_time() - start
+from inference_speed import GUARD_ATOL, calibrated_peers  # noqa: E402
+from timing import interleaved_seconds, print_against_baseline  # noqa: E402
 
 
 def main() -> None:
@@ -61,13 +54,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), input 1x3x{args.size}x{args.size}, {args.rounds} "
           f"interleaved rounds, process CPU time; load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, model in peers().items():
-            if name not in args.models.split(","):
-                continue
-            baseline = calibrated(model)
-            with torch.inference_mode():
-                reference = baseline(images)
-                exact = copy.deepcopy(baseline).double()(images.double())
+        for name, baseline, reference, exact in calibrated_peers(args.models, images):
             fp32_graph = Path(tmp) / f"{name.replace('/', '_')}.onnx"
             export_onnx(copy.deepcopy(baseline), fp32_graph, in_channels=3, name=name, check_sizes=((96, 160),),
                         atol=GUARD_ATOL)
@@ -87,15 +74,8 @@ def main() -> None:
                     if "fp32" in label else "reduced precision"
                 print(f"  {name} | {label:36s} max|Δ float64| {check.error:.2e} (smp fp32 {check.own_error:.2e}), "
                       f"labels = float64 {100 * check.labels:.3f}%  [{verdict}]")
-            seconds: dict[str, list[float]] = {label: [] for label in paths}
-            for _ in range(args.rounds):
-                for label, run in paths.items():
-                    seconds[label].append(cpu_seconds(run, images))
-            base_median, base_min = statistics.median(seconds["smp eager fp32"]), min(seconds["smp eager fp32"])
-            for label, values in seconds.items():
-                median, fastest = statistics.median(values), min(values)
-                print(f"  {name} | {label:36s} median {median:6.3f} s ({base_median / median:4.2f}x)  "
-                      f"min {fastest:6.3f} s ({base_min / fastest:4.2f}x)")
+            seconds = interleaved_seconds(paths, images, args.rounds, clock=time.process_time)
+            print_against_baseline(name, seconds, "smp eager fp32", 36)
     print("targets: int8 >= 4x, bf16 >= 2.5x smp eager fp32")
 
 

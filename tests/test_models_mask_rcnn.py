@@ -7,18 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_MASK_RCNN as TINY
+from helpers import detector_losses_over_steps
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.ops import MultiScaleRoIAlign
 
 import pixelseg
-from pixelseg.data.instances import SyntheticInstances, collate_detection
+from pixelseg.data.instances import SyntheticInstances
 from pixelseg.errors import PixelsegError
 from pixelseg.models.mask_rcnn import build_mask_rcnn
 from pixelseg.models.modules.roi_ops import MultiLevelRoIAlign
-
-TINY = dict(backbone="mobilenet_v3_large", width_mult=0.35, fpn_channels=16, representation_size=32,
-            mask_head_channels=8, min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128],
-            rpn_post_nms_top_n_train=64, rpn_post_nms_top_n_test=32, box_batch_size_per_image=32)
 
 
 def count(model: torch.nn.Module) -> int:
@@ -60,19 +58,8 @@ def test_pyramid_roi_align_equals_torchvision_multiscale_roi_align(implementatio
 def test_mask_rcnn_losses_decrease_over_a_few_steps_on_synthetic_data():
     torch.manual_seed(0)
     model = build_mask_rcnn(4, **TINY)
-    images, targets = collate_detection([SyntheticInstances(2, size=64)[i] for i in range(2)])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    totals = []
-    for _ in range(8):
-        losses = model(images, targets)
-        assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
-                               "loss_rpn_box_reg"}
-        total = sum(losses.values())
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        totals.append(total.item())
+    totals, _ = detector_losses_over_steps(
+        model, {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"})
     assert totals[-1] < 0.7 * totals[0]
 
 

@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    assert_reloads_with_identical_detections,
+    assert_torchvision_detections,
+    detector_losses_over_steps,
+    empty_detection_target,
+)
 from torch import nn
 from torchvision.ops import nms
 
@@ -92,30 +98,16 @@ def test_crop_zeroes_masks_outside_their_box():
 def test_yolact_losses_decrease_over_a_few_steps_and_eval_returns_torchvision_detections():
     torch.manual_seed(0)
     model = pixelseg.create_model("yolact", num_classes=4, **TINY)
-    images, targets = collate_detection([SyntheticInstances(2, size=64)[i] for i in range(2)])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    totals = []
-    for _ in range(8):
-        losses = model(images, targets)
-        assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_semantic"}
-        total = sum(losses.values())
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        totals.append(total.item())
+    totals, images = detector_losses_over_steps(
+        model, {"loss_classifier", "loss_box_reg", "loss_mask", "loss_semantic"})
     assert totals[-1] < 0.7 * totals[0]
     model.eval()
     with torch.no_grad():
         outputs = model([images[0], torch.rand(3, 48, 80)])
-    for output, (height, width) in zip(outputs, [(64, 64), (48, 80)], strict=True):
-        assert set(output) == {"boxes", "labels", "scores", "masks"}
-        count = len(output["boxes"])
-        assert 0 < count <= 20
-        assert output["masks"].shape == (count, 1, height, width)
-        assert 0 <= output["masks"].min() and output["masks"].max() <= 1
-        assert output["labels"].min() >= 1 and output["labels"].max() <= 3
-        assert (output["scores"][:-1] >= output["scores"][1:]).all()
+    sizes = [(64, 64), (48, 80)]
+    assert_torchvision_detections(outputs, sizes, max_count=20, num_classes=4)
+    for output, (height, width) in zip(outputs, sizes, strict=True):
+        assert len(output["boxes"]) > 0
         assert (output["boxes"][:, 2] <= width + 1e-4).all() and (output["boxes"][:, 3] <= height + 1e-4).all()
 
 
@@ -131,14 +123,7 @@ def test_yolact_without_semantic_loss_and_without_targets():
 def test_saved_yolact_reloads_with_identical_detections(tmp_path: Path):
     torch.manual_seed(1)
     model = pixelseg.create_model("yolact", num_classes=4, class_names=["background", "a", "b", "c"], **TINY)
-    image = SyntheticInstances(1, size=64)[0][0]
-    model.eval().save_pretrained(tmp_path / "model")
-    reloaded = pixelseg.from_pretrained(tmp_path / "model").eval()
-    assert reloaded.class_names == ["background", "a", "b", "c"]
-    with torch.no_grad():
-        expected, again = model([image])[0], reloaded([image])[0]
-    for key in ("boxes", "scores", "labels", "masks"):
-        torch.testing.assert_close(again[key], expected[key])
+    assert_reloads_with_identical_detections(model, tmp_path / "model", ["background", "a", "b", "c"])
 
 
 def test_bad_yolact_arguments():
@@ -154,8 +139,6 @@ def test_bad_yolact_arguments():
 
 def test_an_image_without_objects_gives_finite_losses_and_gradients():
     model = YOLACT(3, **TINY).train()
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-             "masks": torch.zeros(0, 64, 64, dtype=torch.uint8)}
-    losses = model([torch.rand(3, 64, 64)], [empty])
+    losses = model([torch.rand(3, 64, 64)], [empty_detection_target()])
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_mask"] == 0

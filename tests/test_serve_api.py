@@ -300,3 +300,26 @@ def test_cli_serve_starts_uvicorn_on_the_given_address(model_dir: Path, monkeypa
     assert started["app"].state.limits.workers == 2
     missing = CliRunner().invoke(cli.app, ["serve", str(model_dir.parent / "nothing")])
     assert missing.exit_code == 2 and "error:" in missing.output and "Traceback" not in missing.output
+
+
+def test_panoptic_model_returns_its_native_panoptic_json(tmp_path: Path) -> None:
+    """A panoptic model answers with the COCO panoptic JSON that `pixelseg predict` writes for the same image."""
+    from pixelseg.engine.config import load_config
+    from pixelseg.engine.predict import predict
+    from pixelseg.engine.train import train
+    from tests.helpers import write_config
+    from tests.test_tasks_panoptic import TINY_CONFIG
+
+    run = train(load_config(write_config(tmp_path, TINY_CONFIG, "panoptic")), quiet=True)
+    data = png(64, 48, seed=2)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "photo.png").write_bytes(data)
+    predict(run, tmp_path / "in" / "photo.png", tmp_path / "out")
+    wanted = json.loads((tmp_path / "out" / "panoptic.json").read_text())
+    with TestClient(create_app(run)) as client:
+        response = post(client, data, "json")
+        assert response.status_code == 200, response.text
+        assert response.json() == wanted
+        assert post(client, data, "label").status_code == 400
+        overlay = post(client, data, "overlay")
+        assert overlay.status_code == 200 and Image.open(io.BytesIO(overlay.content)).size == (64, 48)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from helpers import TINY_MASK_RCNN, run_cli, write_config
 from PIL import Image
 
 from pixelseg.engine.config import load_config
@@ -19,13 +19,9 @@ from pixelseg.engine.train import step_lr, train
 from pixelseg.errors import PixelsegError
 from pixelseg.io.checkpoint import load_state_dict
 
-TINY_MODEL = {"backbone": "mobilenet_v3_large", "width_mult": 0.35, "fpn_channels": 16,
-              "representation_size": 32, "mask_head_channels": 8, "min_size": 64, "max_size": 64,
-              "anchor_sizes": [8, 16, 32, 64, 128], "rpn_post_nms_top_n_train": 64,
-              "rpn_post_nms_top_n_test": 32, "box_batch_size_per_image": 32}
 TINY_CONFIG = {
     "task": "instance",
-    "model": {"name": "mask_rcnn", "kwargs": TINY_MODEL},
+    "model": {"name": "mask_rcnn", "kwargs": TINY_MASK_RCNN},
     "data": {"name": "synthetic_instances", "num_samples": 8, "val_samples": 3, "image_size": 64, "batch_size": 2},
     "loss": [],
     "optim": {"name": "adamw", "lr": 1e-3, "schedule": "step", "warmup_steps": 1, "grad_clip": 10.0},
@@ -35,34 +31,15 @@ TINY_CONFIG = {
 # The same run in the pixelseg 0.1 instance layout, which is still read (deprecated).
 LEGACY_CONFIG = {
     "task": "instance",
-    "model": TINY_MODEL,
+    "model": TINY_MASK_RCNN,
     "data": {"kind": "synthetic", "train": {"length": 8, "size": 64}, "val": {"length": 3, "size": 64}},
     "train": {"steps": 2, "batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "warmup_steps": 1,
               "log_every": 1, "eval_every": 100, "checkpoint_every": 1, "threads": 1, "precise_bn_batches": 2},
 }
 
 
-def write_config(tmp_path: Path, values: dict | None = None, name: str = "instance") -> Path:
-    config = json.loads(json.dumps(values or TINY_CONFIG))
-    config["train"]["out_dir"] = str(tmp_path / name)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def run_cli(*args: str) -> str:
-    """``pixelseg ARGS`` through the main command line; fails the test on a non-zero exit."""
-    from typer.testing import CliRunner
-
-    from pixelseg import cli
-
-    result = CliRunner().invoke(cli.app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 def test_instance_config_trains_with_the_one_trainer_and_resumes(tmp_path: Path):
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, TINY_CONFIG, "instance")
     run_cli("train", config)
     run = tmp_path / "instance"
     for name in ("config.yaml", "log.csv", "curves.png", "last.safetensors", "best/config.json",
@@ -123,7 +100,7 @@ def test_legacy_instance_config_is_read_as_the_shared_sections(tmp_path: Path):
         warnings.simplefilter("always")
         legacy = load_config(write_config(tmp_path, LEGACY_CONFIG, name="legacy"))
     assert any(issubclass(w.category, DeprecationWarning) for w in caught)
-    current = load_config(write_config(tmp_path, name="legacy"))
+    current = load_config(write_config(tmp_path, TINY_CONFIG, name="legacy"))
     assert legacy.model == current.model and legacy.optim == current.optim
     assert (legacy.data.name, legacy.data.num_samples, legacy.data.val_samples, legacy.data.image_size,
             legacy.data.batch_size) == ("synthetic_instances", 8, 3, 64, 2)
@@ -135,7 +112,7 @@ def test_legacy_instance_config_is_read_as_the_shared_sections(tmp_path: Path):
 
 
 def test_config_overrides_and_bad_configs(tmp_path: Path):
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, TINY_CONFIG, "instance")
     loaded = load_config(config, ["optim.lr=0.5", "model.kwargs.fpn_channels=32"])
     assert loaded.optim.lr == 0.5 and loaded.model.kwargs["fpn_channels"] == 32 and loaded.task == "instance"
     with pytest.raises(PixelsegError, match="unknown config key 'optim.lrr' \\(did you mean 'optim.lr'\\?\\)"):
@@ -150,7 +127,7 @@ def test_config_overrides_and_bad_configs(tmp_path: Path):
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     with pytest.raises(PixelsegError, match="nothing to resume"):
-        train(load_config(write_config(fresh)), resume=True)
+        train(load_config(write_config(fresh, TINY_CONFIG, "instance")), resume=True)
 
 
 def test_step_schedule_warms_up_then_steps_down_twice():
@@ -222,7 +199,7 @@ def test_precise_batchnorm_sets_running_stats_to_the_average_of_batch_statistics
     from pixelseg.tasks.instance import recompute_batchnorm_statistics
 
     torch.set_num_threads(1)
-    model = create_model("mask_rcnn", num_classes=4, **TINY_MODEL)
+    model = create_model("mask_rcnn", num_classes=4, **TINY_MASK_RCNN)
     norm = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
     norm.running_mean.fill_(5.0)
     dataset = SyntheticInstances(4, size=64)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+from helpers import TINY_MASK_RCNN, run_cli, write_config
 from PIL import Image
 
 from pixelseg.data.build import build_data, task_of_dataset
@@ -20,37 +20,15 @@ from pixelseg.engine.evaluate import evaluate
 from pixelseg.engine.predict import predict
 from pixelseg.errors import PixelsegError
 
-TINY_MODEL = {"backbone": "mobilenet_v3_large", "width_mult": 0.35, "fpn_channels": 16,
-              "representation_size": 32, "mask_head_channels": 8, "semantic_channels": 16, "min_size": 64,
-              "max_size": 64, "anchor_sizes": [8, 16, 32, 64, 128], "rpn_post_nms_top_n_train": 64,
-              "rpn_post_nms_top_n_test": 32, "box_batch_size_per_image": 32}
 TINY_CONFIG = {
     "task": "panoptic",
-    "model": {"name": "panoptic_fpn", "kwargs": TINY_MODEL},
+    "model": {"name": "panoptic_fpn", "kwargs": {**TINY_MASK_RCNN, "semantic_channels": 16}},
     "data": {"name": "synthetic_panoptic", "num_samples": 8, "val_samples": 3, "image_size": 64, "batch_size": 2},
     "loss": [],
     "optim": {"name": "adamw", "lr": 1e-3, "schedule": "step", "warmup_steps": 1, "grad_clip": 10.0},
     "train": {"steps": 2, "val_every_steps": 100, "checkpoint_every_steps": 1, "threads": 1,
               "precise_bn_batches": 2},
 }
-
-
-def write_config(tmp_path: Path, name: str = "panoptic") -> Path:
-    config = json.loads(json.dumps(TINY_CONFIG))
-    config["train"]["out_dir"] = str(tmp_path / name)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def run_cli(*args: str) -> str:
-    from typer.testing import CliRunner
-
-    from pixelseg import cli
-
-    result = CliRunner().invoke(cli.app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def test_synthetic_panoptic_is_deterministic_and_consistent():
@@ -111,7 +89,7 @@ def test_panoptic_data_builds_with_its_task_and_refuses_other_options():
 
 
 def test_panoptic_trains_evaluates_and_predicts_through_the_one_engine(tmp_path: Path):
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, TINY_CONFIG, "panoptic")
     run_cli("train", config)
     run = tmp_path / "panoptic"
     for name in ("log.csv", "last.safetensors", "best/config.json", "best/model.safetensors"):

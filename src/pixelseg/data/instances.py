@@ -87,6 +87,28 @@ def _shape(kind: int, ys: np.ndarray, xs: np.ndarray, cy: float, cx: float, ry: 
     return inside
 
 
+def place_object(rng: np.random.Generator, size: int,
+                 placed: list[tuple[float, float, float]]) -> tuple[float, float, float, float]:
+    """Radii and centre ``(ry, rx, cy, cx)`` of a new object: about half of the objects touch or overlap
+    one of the ``placed`` ones (``(cy, cx, radius)``), the others land anywhere."""
+    ry, rx = rng.uniform(0.08, 0.2, 2) * size
+    if placed and rng.uniform() < 0.5:
+        py, px, pr = placed[int(rng.integers(len(placed)))]
+        direction = rng.uniform(0, 2 * np.pi)
+        reach = (pr + max(ry, rx)) * rng.uniform(0.6, 1.0)
+        cy, cx = py + reach * np.sin(direction), px + reach * np.cos(direction)
+    else:
+        cy, cx = rng.uniform(0.15, 0.85, 2) * size
+    return ry, rx, cy, cx
+
+
+def visible_masks(owner: np.ndarray, count: int, min_visible: int) -> tuple[np.ndarray, np.ndarray]:
+    """The masks of objects ``0 .. count - 1`` in the ``owner`` map (each pixel's topmost object, -1 for
+    none), and which of them keep at least ``min_visible`` pixels."""
+    masks = np.stack([owner == index for index in range(count)])
+    return masks, masks.reshape(count, -1).sum(axis=1) >= min_visible
+
+
 def render_instances(seed: int, size: int = 128, max_objects: int = 5,
                      min_visible: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic sample: RGB uint8 ``(size, size, 3)``, boolean masks ``(N, size, size)``, labels.
@@ -105,14 +127,7 @@ def render_instances(seed: int, size: int = 128, max_objects: int = 5,
     centres: list[tuple[float, float, float]] = []
     for index in range(int(rng.integers(2, max_objects + 1))):
         kind = int(rng.integers(1, 4))
-        ry, rx = rng.uniform(0.08, 0.2, 2) * size
-        if centres and rng.uniform() < 0.5:  # touch or overlap an earlier object
-            py, px, pr = centres[int(rng.integers(len(centres)))]
-            direction = rng.uniform(0, 2 * np.pi)
-            reach = (pr + max(ry, rx)) * rng.uniform(0.6, 1.0)
-            cy, cx = py + reach * np.sin(direction), px + reach * np.cos(direction)
-        else:
-            cy, cx = rng.uniform(0.15, 0.85, 2) * size
+        ry, rx, cy, cx = place_object(rng, size, centres)
         inside = _shape(kind, ys, xs, cy, cx, ry, rx, rng.uniform(0, np.pi))
         colour = np.clip(rng.uniform(0.0, 1.0, 3) * 0.5 + (0.5 if (base.mean() < 0.5) else 0.0), 0, 1)
         shade = 1.0 + 0.25 * ((xs - cx) / size)[..., None]
@@ -120,8 +135,7 @@ def render_instances(seed: int, size: int = 128, max_objects: int = 5,
         owner[inside] = index
         labels.append(kind)
         centres.append((cy, cx, max(ry, rx)))
-    masks = np.stack([owner == index for index in range(len(labels))])
-    keep = masks.reshape(len(labels), -1).sum(axis=1) >= min_visible
+    masks, keep = visible_masks(owner, len(labels), min_visible)
     image = (np.clip(image, 0, 1) * 255).astype(np.uint8)
     return image, masks[keep], np.asarray(labels, dtype=np.int64)[keep]
 

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from ..io.images import image_to_tensor
 from .coco_panoptic import PanopticAnnotation, SemanticInstances, from_semantic_instances
-from .instances import _shape, horizontal_flip, make_target
+from .instances import _shape, horizontal_flip, make_target, place_object, visible_masks
 
 THING_CLASSES = ["ellipse", "rectangle", "triangle"]
 STUFF_CLASSES = ["stripes", "checks", "dots"]
@@ -73,22 +73,14 @@ def render_panoptic(seed: int, size: int = 128, max_objects: int = 5, min_visibl
     centres: list[tuple[float, float, float]] = []
     for index in range(int(rng.integers(1, max_objects + 1))):
         kind = int(rng.integers(1, len(THING_CLASSES) + 1))
-        ry, rx = rng.uniform(0.08, 0.2, 2) * size
-        if centres and rng.uniform() < 0.5:  # touch or overlap an earlier thing
-            py, px, pr = centres[int(rng.integers(len(centres)))]
-            direction = rng.uniform(0, 2 * np.pi)
-            reach = (pr + max(ry, rx)) * rng.uniform(0.6, 1.0)
-            cy, cx = py + reach * np.sin(direction), px + reach * np.cos(direction)
-        else:
-            cy, cx = rng.uniform(0.15, 0.85, 2) * size
+        ry, rx, cy, cx = place_object(rng, size, centres)
         inside = _shape(kind, ys, xs, cy, cx, ry, rx, rng.uniform(0, np.pi))
         shade = 1.0 + 0.25 * ((xs - cx) / size)[..., None]
         image = np.where(inside[..., None], rng.uniform(0.1, 0.9, 3) * shade, image)
         owner[inside] = index
         labels.append(kind)
         centres.append((cy, cx, max(ry, rx)))
-    masks = np.stack([owner == index for index in range(len(labels))])
-    keep = masks.reshape(len(labels), -1).sum(axis=1) >= min_visible
+    masks, keep = visible_masks(owner, len(labels), min_visible)
     stuff = np.where(masks[~keep].any(axis=0), -1, stuff)  # too small to count: void
     image = (np.clip(image + rng.normal(0, 0.02, image.shape), 0, 1) * 255).astype(np.uint8)
     return image, stuff, masks[keep], np.asarray(labels, dtype=np.int64)[keep]

@@ -26,7 +26,7 @@ from .modules.detection import (
     check_rgb,
     class_names_or_default,
     feature_pyramid,
-    pyramid_anchors,
+    rpn_and_box_pool,
 )
 from .modules.roi_ops import MultiLevelRoIAlign
 from .registry import register
@@ -66,8 +66,7 @@ def build_keypoint_rcnn(
         num_classes=num_classes,
         min_size=min_size,
         max_size=max_size,
-        rpn_anchor_generator=pyramid_anchors(anchor_sizes or [32, 64, 128, 256, 512]),
-        box_roi_pool=MultiLevelRoIAlign(PYRAMID_LEVELS, 7, 2, implementation=roi_align_impl),
+        **rpn_and_box_pool(anchor_sizes, 2, roi_align_impl),
         keypoint_roi_pool=MultiLevelRoIAlign(PYRAMID_LEVELS, 14, 2, implementation=roi_align_impl),
         keypoint_head=KeypointRCNNHeads(fpn_channels, [keypoint_head_channels] * keypoint_head_layers),
         keypoint_predictor=KeypointRCNNPredictor(keypoint_head_channels, num_keypoints),

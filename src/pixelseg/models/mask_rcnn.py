@@ -22,25 +22,19 @@ builds it and ``save_pretrained``/``from_pretrained`` save and load it like ever
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from typing import Any
 
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ..errors import PixelsegError
 from .base import SavesPretrained
 from .modules.detection import (
-    PYRAMID_LEVELS,
+    check_detector_keywords,
     check_rgb,
     class_names_or_default,
     feature_pyramid,
-    pyramid_anchors,
+    mask_rcnn_components,
 )
-from .modules.roi_ops import MultiLevelRoIAlign
 from .registry import register
 
 
@@ -48,18 +42,6 @@ class PixelsegMaskRCNN(SavesPretrained, MaskRCNN):
     """torchvision's ``MaskRCNN`` (same modules, same state-dict keys) with ``save_pretrained``."""
 
     class_names: list[str]
-
-
-def check_detector_keywords(keywords: dict[str, Any]) -> None:
-    """Refuse keywords that torchvision's Mask R-CNN would swallow silently (it passes unknown ones on
-    to its image transform, which ignores them), naming the closest known one."""
-    known = {name for cls in (MaskRCNN, FasterRCNN, GeneralizedRCNNTransform)
-             for name in inspect.signature(cls.__init__).parameters} - {"self", "kwargs"}
-    known |= {name for name in inspect.signature(build_mask_rcnn).parameters} - {"detector_kwargs"}
-    for key in sorted(set(keywords) - known):
-        close = difflib.get_close_matches(key, sorted(known), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise PixelsegError(f"unknown Mask R-CNN keyword '{key}'{hint}")
 
 
 def build_mask_rcnn(
@@ -87,26 +69,16 @@ def build_mask_rcnn(
     """
     if num_classes < 2:
         raise PixelsegError(f"num_classes counts the background and must be at least 2, got {num_classes}")
-    check_detector_keywords(detector_kwargs)
-    features = feature_pyramid(backbone, fpn_channels, backbone_weights, width_mult)
-    sizes = anchor_sizes or [32, 64, 128, 256, 512]
-    anchors = pyramid_anchors(sizes)
-    box_pool = MultiLevelRoIAlign(PYRAMID_LEVELS, 7, sampling_ratio, implementation=roi_align_impl)
-    mask_pool = MultiLevelRoIAlign(PYRAMID_LEVELS, 14, sampling_ratio, implementation=roi_align_impl)
-    model = PixelsegMaskRCNN(
-        features,
+    check_detector_keywords(detector_kwargs, build_mask_rcnn, "Mask R-CNN")
+    return PixelsegMaskRCNN(
+        feature_pyramid(backbone, fpn_channels, backbone_weights, width_mult),
         min_size=min_size,
         max_size=max_size,
-        rpn_anchor_generator=anchors,
-        box_roi_pool=box_pool,
-        box_head=TwoMLPHead(fpn_channels * 7 * 7, representation_size),
-        box_predictor=FastRCNNPredictor(representation_size, num_classes),
-        mask_roi_pool=mask_pool,
-        mask_head=MaskRCNNHeads(fpn_channels, [mask_head_channels] * 4, 1),
-        mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes),
+        **mask_rcnn_components(num_classes, fpn_channels=fpn_channels, representation_size=representation_size,
+                               mask_head_channels=mask_head_channels, anchor_sizes=anchor_sizes,
+                               sampling_ratio=sampling_ratio, roi_align_impl=roi_align_impl),
         **detector_kwargs,
     )
-    return model
 
 
 @register("mask_rcnn", paper="He, Gkioxari, Dollár & Girshick, Mask R-CNN, ICCV 2017, arXiv:1703.06870")

@@ -34,8 +34,6 @@ Mask R-CNN and 1.63 M of the semantic branch (1,623,808 in its convolutions and 
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import math
 from typing import Any
 
@@ -43,20 +41,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ..errors import PixelsegError
 from .base import SavesPretrained
 from .modules.detection import (
     PYRAMID_LEVELS,
+    check_detector_keywords,
     check_rgb,
     class_names_or_default,
     feature_pyramid,
-    pyramid_anchors,
+    mask_rcnn_components,
 )
-from .modules.roi_ops import MultiLevelRoIAlign
 from .registry import register
 
 IGNORE = 255  # void pixels of the semantic target
@@ -181,16 +176,6 @@ class PanopticFPN(SavesPretrained, MaskRCNN):
         return batch
 
 
-def _check_keywords(keywords: dict[str, Any]) -> None:
-    """Refuse keywords torchvision would swallow silently (it passes unknown ones to its image transform)."""
-    known = {name for cls in (MaskRCNN, FasterRCNN, GeneralizedRCNNTransform)
-             for name in inspect.signature(cls.__init__).parameters} - {"self", "kwargs"}
-    known |= set(inspect.signature(panoptic_fpn).parameters)
-    for key in sorted(set(keywords) - known):
-        close = difflib.get_close_matches(key, sorted(known), n=1)
-        raise PixelsegError(f"unknown Panoptic FPN keyword '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-
-
 @register("panoptic_fpn", paper="Kirillov, Girshick, He & Dollár, Panoptic Feature Pyramid Networks, CVPR 2019, "
                                 "arXiv:1901.02446")
 def panoptic_fpn(
@@ -232,7 +217,7 @@ def panoptic_fpn(
     if not 0 <= overlap_threshold < 1 or not 0 <= stuff_area_fraction < 1 or semantic_loss_weight < 0:
         raise PixelsegError("overlap_threshold and stuff_area_fraction must lie in [0, 1) and "
                             "semantic_loss_weight be >= 0")
-    _check_keywords(detector_kwargs)
+    check_detector_keywords(detector_kwargs, panoptic_fpn, "Panoptic FPN")
     features = feature_pyramid(backbone, fpn_channels, backbone_weights, width_mult)
     model = PanopticFPN(
         features, None,
@@ -240,13 +225,9 @@ def panoptic_fpn(
         semantic_loss_weight=semantic_loss_weight, instance_score_threshold=instance_score_threshold,
         overlap_threshold=overlap_threshold, stuff_area_fraction=stuff_area_fraction,
         min_size=min_size, max_size=max_size,
-        rpn_anchor_generator=pyramid_anchors(anchor_sizes or [32, 64, 128, 256, 512]),
-        box_roi_pool=MultiLevelRoIAlign(PYRAMID_LEVELS, 7, sampling_ratio, implementation=roi_align_impl),
-        box_head=TwoMLPHead(fpn_channels * 7 * 7, representation_size),
-        box_predictor=FastRCNNPredictor(representation_size, num_classes),
-        mask_roi_pool=MultiLevelRoIAlign(PYRAMID_LEVELS, 14, sampling_ratio, implementation=roi_align_impl),
-        mask_head=MaskRCNNHeads(fpn_channels, [mask_head_channels] * 4, 1),
-        mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes),
+        **mask_rcnn_components(num_classes, fpn_channels=fpn_channels, representation_size=representation_size,
+                               mask_head_channels=mask_head_channels, anchor_sizes=anchor_sizes,
+                               sampling_ratio=sampling_ratio, roi_align_impl=roi_align_impl),
         **detector_kwargs,
     )
     model.class_names = class_names_or_default(class_names, num_classes)

@@ -98,8 +98,12 @@ class Prediction:
     media_type: str
 
 
+# The JSON file a detector task's predictor writes (``pixelseg predict``), returned as is by the server.
+NATIVE_JSON = {"instance": "predictions.json", "panoptic": "panoptic.json"}
+
+
 class ServedModel:
-    """A saved semantic or instance model, loaded once, segmenting uploads (thread-safe: inference only)."""
+    """A saved semantic, instance or panoptic model, loaded once, segmenting uploads (thread-safe: inference only)."""
 
     def __init__(self, model_path: str | Path, *, device: str = "cpu", max_pixels: int = Limits.max_pixels) -> None:
         self.model_dir = resolve_model_dir(model_path)
@@ -110,9 +114,9 @@ class ServedModel:
         self.options = PredictOptions(device=device)
         if self.task.name == "semantic":
             self.predictor = ImagePredictor(self.model, self.model_dir, self.info, self.options)
-        elif self.task.name != "instance":
-            raise PixelsegError(f"{self.task.name} models are not served (semantic and instance models are)",
-                                self.model_dir)
+        elif self.task.name not in NATIVE_JSON:
+            raise PixelsegError(f"{self.task.name} models are not served (semantic, instance and panoptic models "
+                                "are)", self.model_dir)
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/models`` lists for this model."""
@@ -126,8 +130,8 @@ class ServedModel:
         """The prediction of the uploaded bytes as ``answer`` (one of :data:`FORMATS`)."""
         if answer not in FORMATS:
             raise UploadRefused(400, f"format must be one of {', '.join(FORMATS)}, not {answer!r}")
-        if self.task.name == "instance":
-            return self._instances(data, filename, answer)
+        if self.task.name in NATIVE_JSON:
+            return self._detections(data, filename, answer)
         image = decode_upload(data, self.info.image_mode, self.max_pixels)
         labels = self.labels(image)
         if answer == "label":
@@ -180,9 +184,11 @@ class ServedModel:
         return {"model": self.model_dir.name, "task": "semantic", "width": int(width), "height": int(height),
                 "classes": classes}
 
-    def _instances(self, data: bytes, filename: str, answer: str) -> Prediction:
+    def _detections(self, data: bytes, filename: str, answer: str) -> Prediction:
+        """Instance and panoptic models: their task's own prediction files for the upload (the JSON that
+        ``pixelseg predict`` writes, or its overlay)."""
         if answer == "label":
-            raise UploadRefused(400, "instance models answer format=json or format=overlay, not label")
+            raise UploadRefused(400, f"{self.task.name} models answer format=json or format=overlay, not label")
         decode_upload(data, "RGB", self.max_pixels)  # the limits and the reasons, before the predictor reads it
         name = Path(filename or "upload").name or "upload"
         if not Path(name).suffix:
@@ -199,4 +205,4 @@ class ServedModel:
                 raise UploadRefused(422, str(err).replace(str(upload), name)) from None
             if answer == "overlay":
                 return Prediction(written[0].read_bytes(), "image/png")
-            return Prediction((out_dir / "predictions.json").read_bytes(), "application/json")
+            return Prediction((out_dir / NATIVE_JSON[self.task.name]).read_bytes(), "application/json")

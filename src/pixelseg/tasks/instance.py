@@ -173,8 +173,10 @@ class InstancePredictor(Predictor):
         self.images.append({"id": image_id, "file_name": path.name, "height": pixels.shape[0],
                             "width": pixels.shape[1]})
         masks = (output["masks"][:, 0] > self.mask_threshold).numpy()
+        names = [f"{classes[label] if label < len(classes) else label} {score:.2f}"
+                 for label, score in zip(output["labels"].tolist(), output["scores"].tolist(), strict=True)]
         target = out_dir / f"{path.stem}_instances.png"
-        atomic_write_bytes(target, png_bytes(draw_instances(pixels, masks, output["boxes"].numpy())))
+        atomic_write_bytes(target, png_bytes(draw_instances(pixels, masks, output["boxes"].numpy(), labels=names)))
         return [target]
 
     def finish(self, out_dir: Path) -> list[Path]:
