@@ -52,7 +52,7 @@ SMALL: dict[str, dict] = {
 # for the architecture; widths are fixed).
 NOT_SMALL = {"fcn8s", "fcn16s", "fcn32s", "hrnetv2_w48"}
 # Detection models: torchvision's detectors, whose lists-of-dicts outputs are not an ONNX image graph.
-DETECTION = {"mask_rcnn", "keypoint_rcnn", "panoptic_fpn", "yolact", "polarmask"}
+DETECTION = {"mask_rcnn", "keypoint_rcnn", "panoptic_fpn", "yolact", "polarmask", "panet"}
 # Wrappers around another registered model (multi-scale inputs, CRF-as-RNN): exported through the model they wrap.
 WRAPPERS = {"msc", "crf_as_rnn"}
 def test_every_registered_model_has_a_small_configuration_or_is_named_as_too_large() -> None:
