@@ -30,6 +30,7 @@ from .instances import (
     collate_detection,
 )
 from .isbi import ISBI2012
+from .keypoints import SyntheticKeypoints
 from .medical import PROMISE12_CLASSES, MedicalVolumes
 from .shapes import Shapes
 from .stats import ClassStats, count_dataset_classes
@@ -40,7 +41,7 @@ from .volumes import ISBI2012Volume, RandomVolumePatch, SyntheticVolumes, Volume
 from .weight_map import WeightMapped
 from .weizmann import WeizmannHorse
 
-Kind = Literal["semantic", "volumetric", "instance", "panoptic"]
+Kind = Literal["semantic", "volumetric", "instance", "panoptic", "keypoints"]
 
 # The benchmarks' readers under ``root``: each takes (root, split, ignore_index=, transform=, strict=).
 BENCHMARK_READERS: dict[str, Callable[..., Any]] = {
@@ -62,7 +63,9 @@ SEMANTIC_DATASETS = ("shapes", "folder", "camvid", "isbi2012", *BENCHMARK_READER
 VOLUME_DATASETS = ("volumes", "synthetic_volumes", "isbi2012_volume", "medical", "promise12")
 INSTANCE_DATASETS = ("synthetic_instances", "coco_instances", "instance_folder")
 PANOPTIC_DATASETS = ("synthetic_panoptic",)
-DATASET_NAMES = (*SEMANTIC_DATASETS, *VOLUME_DATASETS, *INSTANCE_DATASETS, *PANOPTIC_DATASETS)
+KEYPOINT_DATASETS = ("synthetic_keypoints",)
+DATASET_NAMES = (*SEMANTIC_DATASETS, *VOLUME_DATASETS, *INSTANCE_DATASETS, *PANOPTIC_DATASETS, *KEYPOINT_DATASETS)
+DETECTION_KINDS = ("instance", "panoptic", "keypoints")  # batched by collate_detection
 SYNTHETIC_VOLUME_SPLITS = {"train": 0, "val": 1, "test": 2}
 # Options of one kind of data that the others cannot honour: refused rather than ignored.
 _ONLY_FOR = {
@@ -80,7 +83,7 @@ _TEST_KEYS = {
 ISBI_SECTIONS = {"isbi2012": "sections 0–24 train and 25–29 validate",
                  "isbi2012_volume": "columns 0–383 of every section train and 384–511 validate"}
 _DESCRIBED = {"semantic": "2D images", "volumetric": "volumes", "instance": "instance data",
-              "panoptic": "panoptic data"}
+              "panoptic": "panoptic data", "keypoints": "keypoint data"}
 
 
 @dataclass
@@ -97,6 +100,7 @@ class DatasetInfo:
     spatial_dims: int = 2  # 3 for volumes (B, C, D, H, W)
     category_ids: list[int] | None = None  # instance data: the source's category id of each label
     isthing: list[bool] | None = None  # panoptic data: whether each class is a thing (else stuff)
+    keypoint_names: list[str] | None = None  # keypoint data: the name of each keypoint, in order
 
     @property
     def num_classes(self) -> int:
@@ -119,7 +123,7 @@ class DataBundle:
     def class_stats(self, limit: int | None = None) -> ClassStats:
         """Class pixel counts of the training split's raw masks (before augmentation), the first
         ``limit`` samples only if given; for ``class_weights: median_frequency | enet``."""
-        if self.kind in ("instance", "panoptic"):
+        if self.kind in DETECTION_KINDS:
             raise PixelsegError(f"class statistics count label maps; {self.kind} data has none "
                                 "(class_weights apply to semantic and volumetric tasks)")
         return count_dataset_classes(self.train_once, self.info.classes, self.info.ignore_index, limit)
@@ -135,6 +139,8 @@ def task_of_dataset(name: str) -> Kind:
         return "instance"
     if name in PANOPTIC_DATASETS:
         return "panoptic"
+    if name in KEYPOINT_DATASETS:
+        return "keypoints"
     raise PixelsegError(f"unknown dataset '{name}'{closest(name, DATASET_NAMES)}")
 
 
@@ -147,7 +153,11 @@ def build_data(config: DataConfig, *, weight_map: Any = None) -> DataBundle:
     _check_options(config, kind)
     check_split(config, config.train_split)
     check_split(config, config.val_split)
-    if kind == "panoptic":
+    if kind == "keypoints":
+        train = _make_keypoints(config, config.train_split, train=True)
+        val = _make_keypoints(config, config.val_split, train=False)
+        info = _keypoint_info(config, val)
+    elif kind == "panoptic":
         train = _make_panoptic(config, config.train_split, train=True)
         val = _make_panoptic(config, config.val_split, train=False)
         info = _panoptic_info(config, val)
@@ -180,12 +190,12 @@ def build_data(config: DataConfig, *, weight_map: Any = None) -> DataBundle:
                             f"'{config.name}'")
     repeated = ConcatDataset([train] * config.repeats) if config.repeats > 1 else train
     return DataBundle(info=info, train=repeated, val=val, train_once=train, kind=kind,
-                      collate=collate_detection if kind in ("instance", "panoptic") else None)
+                      collate=collate_detection if kind in DETECTION_KINDS else None)
 
 
 def collate_for(config: DataConfig) -> Callable[[list[Any]], Any] | None:
     """The ``DataLoader`` collate function of the data a config names (``None``: PyTorch's default)."""
-    return collate_detection if task_of_dataset(config.name) in ("instance", "panoptic") else None
+    return collate_detection if task_of_dataset(config.name) in DETECTION_KINDS else None
 
 
 def build_eval_dataset(config: DataConfig, info: DatasetInfo, split: str) -> Dataset:
@@ -198,6 +208,8 @@ def build_eval_dataset(config: DataConfig, info: DatasetInfo, split: str) -> Dat
         return _make_instances(config, split, train=train)
     if kind == "panoptic":
         return _make_panoptic(config, split, train=False)
+    if kind == "keypoints":
+        return _make_keypoints(config, split, train=split == config.train_split)
     if kind == "volumetric":
         return _make_volumes(config, split, train, None)
     return _make_images(config, split, train, evaluation_transform(info.mean, info.std))
@@ -220,7 +232,8 @@ def dataset_splits(config: DataConfig) -> dict[str, str | None]:
     reason it cannot (e.g. ``test`` of a folder dataset without ``data.test_images``)."""
     name = config.name
     task_of_dataset(name)
-    if name in ("shapes", "synthetic_volumes", "synthetic_instances", "synthetic_panoptic", "camvid"):
+    if name in ("shapes", "synthetic_volumes", "synthetic_instances", "synthetic_panoptic", "synthetic_keypoints",
+                "camvid"):
         return {"train": None, "val": None, "test": None}
     if name in BENCHMARK_SPLITS:
         names, no_test = BENCHMARK_SPLITS[name]
@@ -283,7 +296,10 @@ def _check_options(config: DataConfig, kind: Kind) -> None:
             if getattr(config, key):
                 raise PixelsegError(f"data.{key} applies to {_DESCRIBED[other]}, not to the "
                                     f"{_DESCRIBED[kind]} of '{config.name}'")
-    if kind in ("instance", "panoptic"):
+    if kind == "keypoints" and config.hflip:
+        raise PixelsegError(f"data.hflip is not available for '{config.name}': a left-right flip would swap its "
+                            "left and right keypoints (set data.hflip: false)")
+    if kind in DETECTION_KINDS:
         for key in ("vflip", "rotate90"):
             if getattr(config, key):
                 raise PixelsegError(f"data.{key} is not supported for the instance data of '{config.name}' "
@@ -420,6 +436,23 @@ def _panoptic_info(config: DataConfig, val: SyntheticPanoptic) -> DatasetInfo:
                        ignore_index=config.ignore_index, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],
                        category_ids=[int(c["id"]) for c in val.categories],
                        isthing=[bool(c["isthing"]) for c in val.categories])
+
+
+# ---- keypoints -----------------------------------------------------------------------------------------
+
+def _make_keypoints(config: DataConfig, split: str, *, train: bool) -> SyntheticKeypoints:
+    # No flip: a left-right flip would swap the "left" and "right" keypoints (data.hflip is refused).
+    # The set draws train and val from its seed; "test" is the val stream of the next seed (unseen images).
+    return SyntheticKeypoints(config.num_samples if train else config.val_samples, size=config.image_size,
+                              seed=config.seed + (split == "test"), split="train" if train else "val")
+
+
+def _keypoint_info(config: DataConfig, val: SyntheticKeypoints) -> DatasetInfo:
+    """One object class (the triangle) and its named keypoints."""
+    palette = [list(c) for c in config.palette] if config.palette else [list(c) for c in default_palette(2)]
+    return DatasetInfo(classes=["background", "triangle"], palette=palette, in_channels=3, image_mode="RGB",
+                       ignore_index=config.ignore_index, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],
+                       category_ids=[0, 1], keypoint_names=list(val.keypoint_names))
 
 
 # ---- checking a local copy -----------------------------------------------------------------------------

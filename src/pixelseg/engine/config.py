@@ -26,7 +26,7 @@ from ..errors import PixelsegError, closest
 from ..io.config import apply_overrides, build_typed, read_yaml
 from ..models.config import ModelConfig as NetworkConfig
 
-TASKS = ("semantic", "volumetric", "instance", "panoptic")
+TASKS = ("semantic", "volumetric", "instance", "panoptic", "keypoints")
 
 
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")

@@ -4,8 +4,9 @@ per-volume Dice/IoU, COCO box and mask AP for instances. Imports nothing of pixe
 from .base import Evaluator, markdown_table
 from .coco import CocoEvaluator
 from .confusion import BoundaryFScore, ConfusionMatrix, boundary_pixels
+from .keypoints import KeypointEvaluator
 from .panoptic import PanopticQuality
 from .volume import VolumeScores
 
-__all__ = ["BoundaryFScore", "CocoEvaluator", "ConfusionMatrix", "Evaluator", "PanopticQuality", "VolumeScores",
-           "boundary_pixels", "markdown_table"]
+__all__ = ["BoundaryFScore", "CocoEvaluator", "ConfusionMatrix", "Evaluator", "KeypointEvaluator", "PanopticQuality",
+           "VolumeScores", "boundary_pixels", "markdown_table"]

@@ -99,7 +99,7 @@ class Prediction:
 
 
 # The JSON file a detector task's predictor writes (``pixelseg predict``), returned as is by the server.
-NATIVE_JSON = {"instance": "predictions.json", "panoptic": "panoptic.json"}
+NATIVE_JSON = {"instance": "predictions.json", "keypoints": "predictions.json", "panoptic": "panoptic.json"}
 
 
 class ServedModel:
