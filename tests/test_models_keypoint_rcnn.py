@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torchvision.models.detection import keypointrcnn_resnet50_fpn
 
@@ -71,3 +72,16 @@ def test_keypoint_losses_decrease_over_a_few_steps():
     with torch.no_grad():
         output = model(images[:1])[0]
     assert output["keypoints"].shape[1:] == (3, 3)
+
+
+def test_an_unknown_keypoint_rcnn_keyword_is_refused_naming_the_closest() -> None:
+    """torchvision passes unknown keywords on to its image transform, which ignores them: refuse them instead."""
+    from pixelseg.errors import PixelsegError
+    from pixelseg.models.registry import create_model
+
+    with pytest.raises(PixelsegError, match="unknown Keypoint R-CNN keyword 'representation_size'"):
+        create_model("keypoint_rcnn", num_classes=2, num_keypoints=3, backbone="mobilenet_v3_large",
+                     width_mult=0.35, fpn_channels=16, representation_size=32)
+    with pytest.raises(PixelsegError, match="did you mean 'keypoint_head_layers'"):
+        create_model("keypoint_rcnn", num_classes=2, num_keypoints=3, backbone="mobilenet_v3_large",
+                     width_mult=0.35, fpn_channels=16, keypoint_head_layer=2)

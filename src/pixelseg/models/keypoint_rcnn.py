@@ -23,6 +23,7 @@ from ..errors import PixelsegError
 from .base import SavesPretrained
 from .modules.detection import (
     PYRAMID_LEVELS,
+    check_detector_keywords,
     check_rgb,
     class_names_or_default,
     feature_pyramid,
@@ -60,6 +61,7 @@ def build_keypoint_rcnn(
     ``keypointrcnn_resnet50_fpn``)."""
     if num_keypoints < 1:
         raise PixelsegError(f"num_keypoints must be at least 1, got {num_keypoints}")
+    check_detector_keywords(detector_kwargs, build_keypoint_rcnn, "Keypoint R-CNN")
     features = feature_pyramid(backbone, fpn_channels, backbone_weights, width_mult)
     return PixelsegKeypointRCNN(
         features,
