@@ -135,6 +135,21 @@ def coco_metrics(ground_truth: dict[str, Any], results: list[dict[str, Any]]) ->
     return _run_cocoeval(ground_truth, results)[0]
 
 
+
+def gather_records(images: list[Any], annotations: list[Any], results: list[Any],
+                   group: object | None = None) -> tuple[list[Any], list[Any], list[Any]]:
+    """The COCO records of every process, in rank order (unchanged when not distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return images, annotations, results
+    gathered: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, (images, annotations, results), group=group)
+    return ([image for part, _, _ in gathered for image in part],
+            [annotation for _, part, _ in gathered for annotation in part],
+            [result for _, _, part in gathered for result in part])
+
+
 class CocoEvaluator:
     """COCO box and mask AP of a stream of detections; an :class:`~pixelseg.metrics.base.Evaluator`.
 
@@ -171,15 +186,8 @@ class CocoEvaluator:
 
     def all_reduce(self, group: object | None = None) -> None:
         """Gather the images, annotations and detections of every process (in rank order) into each."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        gathered: list[Any] = [None] * dist.get_world_size(group)
-        dist.all_gather_object(gathered, (self.images, self.annotations, self.results), group=group)
-        self.images = [image for images, _, _ in gathered for image in images]
-        self.annotations = [annotation for _, annotations, _ in gathered for annotation in annotations]
-        self.results = [result for _, _, results in gathered for result in results]
+        self.images, self.annotations, self.results = gather_records(
+            self.images, self.annotations, self.results, group)
 
     def ground_truth(self) -> dict[str, Any]:
         """Everything added so far as a COCO instance dictionary."""

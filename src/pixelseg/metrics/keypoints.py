@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..errors import PixelsegError
 from .base import Scores
-from .coco import coco_dictionary
+from .coco import coco_dictionary, gather_records
 
 METRIC_NAMES = ("AP", "AP50", "AP75")
 COCO_KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
@@ -170,15 +170,8 @@ class KeypointEvaluator:
 
     def all_reduce(self, group: object | None = None) -> None:
         """Gather the images, annotations and detections of every process (in rank order) into each."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        gathered: list[Any] = [None] * dist.get_world_size(group)
-        dist.all_gather_object(gathered, (self.images, self.annotations, self.results), group=group)
-        self.images = [image for images, _, _ in gathered for image in images]
-        self.annotations = [annotation for _, annotations, _ in gathered for annotation in annotations]
-        self.results = [result for _, _, results in gathered for result in results]
+        self.images, self.annotations, self.results = gather_records(
+            self.images, self.annotations, self.results, group)
 
     def ground_truth(self) -> dict[str, Any]:
         """Everything added so far as a COCO keypoint dictionary (categories carry the keypoint names)."""

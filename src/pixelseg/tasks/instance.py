@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -151,6 +153,8 @@ class InstancePredictor(Predictor):
     def list_inputs(self, path: Path) -> list[Path]:
         return list_inputs(path, list_images, "images")
 
+    suffix = "instances"  # the picture of each image: <stem>_<suffix>.png
+
     def predict_file(self, path: Path, out_dir: Path) -> list[Path]:
         pixels = read_rgb(path)
         image_id = len(self.images)
@@ -164,20 +168,28 @@ class InstancePredictor(Predictor):
         output = {key: value[keep] for key, value in output.items()}
         classes = list(self.info.classes)
         category_ids = list(self.info.category_ids or range(len(classes)))
-        for record, label in zip(detections_to_coco(output, image_id, list(range(len(classes))), self.mask_threshold),
-                                 output["labels"].tolist(), strict=True):
+        for record, label in zip(self.records(output, image_id, len(classes)), output["labels"].tolist(), strict=True):
             record["category_id"] = category_ids[label] if label < len(category_ids) else label
             record["file_name"] = path.name
             record["category_name"] = classes[label] if label < len(classes) else str(label)
             self.results.append(record)
         self.images.append({"id": image_id, "file_name": path.name, "height": pixels.shape[0],
                             "width": pixels.shape[1]})
+        target = out_dir / f"{path.stem}_{self.suffix}.png"
+        atomic_write_bytes(target, png_bytes(self.picture(pixels, output)))
+        return [target]
+
+    def records(self, output: dict[str, Tensor], image_id: int, num_classes: int) -> list[dict[str, Any]]:
+        """The COCO results of one image's kept detections (labels as class indices)."""
+        return detections_to_coco(output, image_id, list(range(num_classes)), self.mask_threshold)
+
+    def picture(self, pixels: np.ndarray, output: dict[str, Tensor]) -> Image.Image:
+        """The image with every instance's mask, box, class name and score."""
+        classes = list(self.info.classes)
         masks = (output["masks"][:, 0] > self.mask_threshold).numpy()
         names = [f"{classes[label] if label < len(classes) else label} {score:.2f}"
                  for label, score in zip(output["labels"].tolist(), output["scores"].tolist(), strict=True)]
-        target = out_dir / f"{path.stem}_instances.png"
-        atomic_write_bytes(target, png_bytes(draw_instances(pixels, masks, output["boxes"].numpy(), labels=names)))
-        return [target]
+        return draw_instances(pixels, masks, output["boxes"].numpy(), labels=names)
 
     def finish(self, out_dir: Path) -> list[Path]:
         predictions, images = out_dir / "predictions.json", out_dir / "images.json"

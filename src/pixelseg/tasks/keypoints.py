@@ -26,9 +26,7 @@ from torch import Tensor, nn
 
 from ..data.build import DatasetInfo
 from ..errors import PixelsegError
-from ..io.checkpoint import atomic_write_bytes
-from ..io.images import image_to_tensor, read_rgb
-from ..io.render import draw_instances, instance_colours, png_bytes
+from ..io.render import draw_instances, instance_colours
 from ..metrics.keypoints import KeypointEvaluator, check_keypoints, keypoint_detections
 from ..models.config import ModelConfig
 from .base import LossResult, PredictOptions, Predictor, refuse_pixel_options, register_task
@@ -86,33 +84,15 @@ class KeypointPredictor(InstancePredictor):
     x, y, v triples, ``score``, ``bbox`` x, y, w, h, plus ``file_name`` and ``category_name``) and
     ``images.json`` for all of them, added to those already in the folder (see :class:`InstancePredictor`)."""
 
-    def predict_file(self, path: Path, out_dir: Path) -> list[Path]:
-        pixels = read_rgb(path)
-        image_id = len(self.images)
-        try:
-            with torch.inference_mode():
-                output = {k: v.cpu() for k, v in self.model([image_to_tensor(pixels).to(self.device)])[0].items()}
-        except (RuntimeError, ValueError) as err:  # e.g. an image smaller than the network accepts
-            reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-            raise PixelsegError(f"inference failed ({reason})", path) from None
-        keep = output["scores"] >= self.score_threshold
-        output = {key: value[keep] for key, value in output.items()}
-        classes = list(self.info.classes)
-        category_ids = list(self.info.category_ids or range(len(classes)))
-        records = keypoint_detections(output, image_id, list(range(len(classes))))
-        for record, label, box in zip(records, output["labels"].tolist(), output["boxes"].tolist(), strict=True):
-            record["category_id"] = category_ids[label] if label < len(category_ids) else label
-            record["bbox"] = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
-            record["file_name"] = path.name
-            record["category_name"] = classes[label] if label < len(classes) else str(label)
-            self.results.append(record)
-        self.images.append({"id": image_id, "file_name": path.name, "height": pixels.shape[0],
-                            "width": pixels.shape[1]})
-        target = out_dir / f"{path.stem}_keypoints.png"
-        atomic_write_bytes(target, png_bytes(self._draw(pixels, output)))
-        return [target]
+    suffix = "keypoints"
 
-    def _draw(self, pixels: np.ndarray, output: dict[str, Tensor]) -> Image.Image:
+    def records(self, output: dict[str, Tensor], image_id: int, num_classes: int) -> list[dict[str, Any]]:
+        records = keypoint_detections(output, image_id, list(range(num_classes)))
+        for record, box in zip(records, output["boxes"].tolist(), strict=True):
+            record["bbox"] = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+        return records
+
+    def picture(self, pixels: np.ndarray, output: dict[str, Tensor]) -> Image.Image:
         """Boxes with their scores, each object's keypoints joined in order (a closed skeleton) and dotted."""
         names = [f"{score:.2f}" for score in output["scores"].tolist()]
         boxes = output["boxes"].numpy()
