@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import PixelsegError
 from ..io.images import read_mask
-from .folder import LabelledImages
+from .folder import LabelledImages, pair_by_stem
 
 ADE20K_CLASSES = [
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -69,17 +69,7 @@ class ADE20K(LabelledImages):
         for folder in (images_dir, labels_dir):
             if not folder.is_dir():
                 raise PixelsegError("ADE20K folder not found", folder)
-        self.problems: list[str] = []
-        labels = {p.stem: p for p in labels_dir.glob("*.png")}
-        samples = []
-        for image in sorted(images_dir.glob("*.jpg")):
-            if image.stem in labels:
-                samples.append((image, labels.pop(image.stem)))
-            elif strict:
-                raise PixelsegError(f"image has no annotation in {labels_dir}", image)
-            else:
-                self.problems.append(f"{image}: no annotation {image.stem}.png")
-        self.problems += [f"{label}: annotation without its image" for label in sorted(labels.values())]
+        samples, self.problems = pair_by_stem(images_dir, labels_dir, ".jpg", ".png", strict=strict)
         super().__init__(samples, classes=ADE20K_CLASSES, palette=ADE20K_PALETTE, ignore_index=ignore_index,
                          transform=transform)
         self.split = split

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import PixelsegError
 from ..io.images import read_mask
 from ..io.render import default_palette
-from .folder import LabelledImages, lookup_table, relabel
+from .folder import LabelledImages, lookup_table, pair_by_stem, relabel
 
 COCO_THINGS = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -62,17 +62,8 @@ class CocoStuff(LabelledImages):
         for directory in (images_dir, labels_dir):
             if not directory.is_dir():
                 raise PixelsegError("COCO-Stuff folder not found", directory)
-        self.problems: list[str] = []
-        labels = {p.stem: p for p in labels_dir.glob("*.png")}
-        samples = []
-        for image in sorted(images_dir.glob("*.jpg")):
-            if image.stem in labels:
-                samples.append((image, labels.pop(image.stem)))
-            elif strict:
-                raise PixelsegError(f"image has no stuffthingmap in {labels_dir}", image)
-            else:
-                self.problems.append(f"{image}: no stuffthingmap {image.stem}.png")
-        self.problems += [f"{label}: stuffthingmap without its image" for label in sorted(labels.values())]
+        samples, self.problems = pair_by_stem(images_dir, labels_dir, ".jpg", ".png", strict=strict,
+                                              label_word="stuffthingmap")
         super().__init__(samples, classes=COCO_STUFF_CLASSES, palette=default_palette(len(COCO_STUFF_CLASSES)),
                          ignore_index=ignore_index, transform=transform)
         mapping = {category - 1: index for index, category in enumerate(COCO_STUFF_IDS)}

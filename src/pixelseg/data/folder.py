@@ -63,6 +63,25 @@ def relabel(raw: np.ndarray, table: np.ndarray, path: Path) -> np.ndarray:
     return table[raw]
 
 
+def pair_by_stem(images_dir: Path, labels_dir: Path, image_suffix: str, label_suffix: str, *, strict: bool,
+                 image_word: str = "image", label_word: str = "annotation") -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Images of ``images_dir`` paired with the labels of ``labels_dir`` of the same stem, in name order, and one
+    line per problem (an image without its label, a label without its image). ``strict``: an image without its
+    label is an error naming it instead."""
+    labels = {p.stem: p for p in labels_dir.glob(f"*{label_suffix}")}
+    pairs: list[tuple[Path, Path]] = []
+    problems: list[str] = []
+    for image in sorted(images_dir.glob(f"*{image_suffix}")):
+        if image.stem in labels:
+            pairs.append((image, labels.pop(image.stem)))
+        elif strict:
+            raise PixelsegError(f"{image_word} has no {label_word} in {labels_dir}", image)
+        else:
+            problems.append(f"{image}: no {label_word} {image.stem}{label_suffix}")
+    problems += [f"{label}: {label_word} without its {image_word}" for label in sorted(labels.values())]
+    return pairs, problems
+
+
 class LabelledImages(Dataset):
     """A list of ``(image, mask or None)`` files with the dataset's classes, palette and ignore rule.
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..errors import PixelsegError
 from ..io.images import image_size, read_image, read_mask
-from .folder import LabelledImages
+from .folder import LabelledImages, pair_by_stem
 
 WEIZMANN_CLASSES = ["background", "horse"]
 WEIZMANN_PALETTE = [(0, 0, 0), (255, 255, 255)]
@@ -36,17 +36,8 @@ class WeizmannHorse(LabelledImages):
         for folder in (images_dir, masks_dir):
             if not folder.is_dir():
                 raise PixelsegError("Weizmann horse folder not found", folder)
-        self.problems: list[str] = []
-        masks = {p.stem: p for p in masks_dir.glob("*.jpg")}
-        pairs = []
-        for image in sorted(images_dir.glob("*.jpg")):
-            if image.stem in masks:
-                pairs.append((image, masks.pop(image.stem)))
-            elif strict:
-                raise PixelsegError(f"photo has no mask in {masks_dir}", image)
-            else:
-                self.problems.append(f"{image}: no mask {image.name}")
-        self.problems += [f"{mask}: mask without its photo" for mask in sorted(masks.values())]
+        pairs, self.problems = pair_by_stem(images_dir, masks_dir, ".jpg", ".jpg", strict=strict, image_word="photo",
+                                            label_word="mask")
         start, stop = WEIZMANN_SPLITS[split]
         super().__init__(pairs[start:stop], classes=WEIZMANN_CLASSES, palette=WEIZMANN_PALETTE,
                          ignore_index=ignore_index, transform=transform)
