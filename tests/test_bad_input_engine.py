@@ -29,14 +29,8 @@ from pixelseg.engine.train import train
 from pixelseg.errors import PixelsegError
 from pixelseg.io.checkpoint import atomic_write_bytes, load_state_dict, read_metadata
 from pixelseg.models.pretrained import save_pretrained
+from tests.test_engine import TINY  # the same tiny U-Net run
 
-TINY = {
-    "model": {"name": "unet", "kwargs": {"padding": "same", "base_channels": 4, "depth": 2, "batch_norm": True}},
-    "data": {"name": "shapes", "num_samples": 8, "val_samples": 4, "image_size": 32, "batch_size": 4,
-             "val_batch_size": 4},
-    "optim": {"lr": 0.01},
-    "train": {"epochs": 2, "threads": 1},
-}
 TINY_VOLUME = {
     "model": {"name": "vnet", "kwargs": {"channels": [4, 8, 16], "down_convs": [1, 2, 2], "up_convs": [2, 1]}},
     "data": {"name": "synthetic_volumes", "num_samples": 6, "val_samples": 1, "image_size": 16,
