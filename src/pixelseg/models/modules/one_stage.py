@@ -19,7 +19,7 @@ from torchvision.models import mobilenet_v3_large, resnet18, resnet50, resnet101
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import FrozenBatchNorm2d
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelP6P7
 
 from ...errors import PixelsegError
 from ..base import SavesPretrained
@@ -57,6 +57,58 @@ def retina_pyramid(backbone: str, channels: int = 256, weights: str | None = Non
         return_layers = {"layer2": "0", "layer3": "1", "layer4": "2"}
     return BackboneWithFPN(body, return_layers, in_channels, channels,
                            extra_blocks=LastLevelP6P7(channels, channels))
+
+
+class _StridedLevels(ExtraFPNBlock):
+    """``count`` levels past P5 (P6, P7, ...) by stride-2 3x3 convolutions, the first on C5 and a ReLU before each
+    of the others (detectron2's RetinaNet pyramid); ``count = 0`` adds nothing."""
+
+    def __init__(self, in_channels: int, out_channels: int, count: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(in_channels if k == 0 else out_channels, out_channels, 3, 2, 1)
+                                   for k in range(count))
+        for conv in self.convs:
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, p: list[Tensor], c: list[Tensor], names: list[str]) -> tuple[list[Tensor], list[str]]:
+        x = c[-1]
+        for index, conv in enumerate(self.convs):
+            x = conv(x if index == 0 else F.relu(x))
+            p.append(x)
+            names.append(str(len(names)))
+        return p, names
+
+
+def stride4_pyramid(backbone: str, channels: int = 256, weights: str | None = None,
+                    num_levels: int = 6) -> BackboneWithFPN:
+    """``backbone`` with an FPN from C2: ``num_levels`` levels "0", "1", ... at strides 4, 8, ... (P2-P7 for 6).
+
+    Up to four levels come from an FPN on C2 .. C(num_levels + 1) (the backbone stops there); P6 and P7 from
+    stride-2 convolutions on C5 (TensorMask's reference pyramid, detectron2's RetinaNet variant).
+    """
+    if backbone not in ONE_STAGE_BACKBONES:
+        raise PixelsegError(f"unknown backbone '{backbone}' (choose from {', '.join(ONE_STAGE_BACKBONES)})")
+    if not 1 <= num_levels <= 6:
+        raise PixelsegError(f"num_levels counts the pyramid levels from P2 and must be 1-6 (P2-P7), got {num_levels}")
+    taps = min(num_levels, 4)
+    if backbone == "mobilenet_v3_large":
+        body = mobilenet_v3_large(weights=None).features
+        if weights:
+            _load_backbone_weights(body, weights)
+        blocks = [3, *_MOBILENET_TAPS][:taps]  # block 3 ends stride 4
+        in_channels = [_out_channels(body[block]) for block in blocks]
+        return_layers = {str(block): str(level) for level, block in enumerate(blocks)}
+    else:
+        build = {"resnet18": resnet18, "resnet50": resnet50, "resnet101": resnet101}[backbone]
+        body = build(weights=None, norm_layer=FrozenBatchNorm2d if weights else nn.BatchNorm2d)
+        if weights:
+            _load_backbone_weights(body, weights)
+        width = 1 if backbone == "resnet18" else 4
+        in_channels = [64 * width * 2 ** k for k in range(taps)]
+        return_layers = {f"layer{k + 1}": str(k) for k in range(taps)}
+    extra = _StridedLevels(in_channels[-1], channels, num_levels - taps)
+    return BackboneWithFPN(body, return_layers, in_channels, channels, extra_blocks=extra)
 
 
 def pad_masks(masks: list[Tensor], size: tuple[int, int]) -> list[Tensor]:
