@@ -31,7 +31,8 @@ TASKS = ("semantic", "volumetric", "instance", "panoptic", "keypoints")
 
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 INITS = ("he_uniform", "he_normal", "xavier_uniform")  # pixelseg.models.modules.init
-SCHEDULES = ("poly", "step")
+SCHEDULES = ("poly", "step", "constant")
+MONITOR_MODES = ("max", "min")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -124,7 +125,8 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
-    schedule: str = "poly"  # poly: lr·(1 − step/total)^poly_power; step: ×0.1 at 75 % and 90 % (Mask R-CNN)
+    # poly: lr·(1 − step/total)^poly_power; step: ×0.1 at 75 % and 90 % (Mask R-CNN); constant: Caffe's "fixed"
+    schedule: str = "poly"
     poly_power: float = 0.9
     warmup_steps: int = 0
     grad_clip: float | None = None  # clip the gradients' global norm to this
@@ -164,6 +166,10 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None  # a resumable checkpoint also inside epochs
     log_every: int = 20  # steps between progress lines (quiet runs print nothing)
     monitor: str | None = None  # the validation score that picks best/ (default: the task's)
+    monitor_mode: str | None = None  # max or min: whether a higher monitor is better (null: min for *error, *loss)
+    # Stop (validated, checkpointed, best/ and last_model/ written) after this many validations in a row
+    # without a better monitor; the count is saved with the training state, so --resume continues it.
+    early_stop_patience: int | None = None
     max_steps_per_epoch: int | None = None
     precise_bn_batches: int | None = None  # instance: recompute BatchNorm statistics before validating [50]
     max_minutes: float | None = None  # time budget: stop cleanly (validated, checkpointed, saved) once spent
@@ -183,7 +189,7 @@ class TrainConfig:
                         isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0, "an integer >= 0")
         at_least_one = ("epochs", "val_every", "log_every", "accumulate")
         at_least_one_when_set = ("steps", "threads", "val_every_steps", "checkpoint_every_steps",
-                                 "max_steps_per_epoch")
+                                 "max_steps_per_epoch", "early_stop_patience")
         for name in at_least_one:
             check_range(f"train.{name}", getattr(self, name), getattr(self, name) >= 1, "an integer >= 1")
         for name in at_least_one_when_set:
@@ -198,6 +204,8 @@ class TrainConfig:
             check_range("train.max_minutes", self.max_minutes, _finite(self.max_minutes) and self.max_minutes > 0,
                         "a finite number of minutes > 0 (or null: no time budget)")
         check_choice("train.precision", self.precision, PRECISIONS)
+        if self.monitor_mode is not None:
+            check_choice("train.monitor_mode", self.monitor_mode, MONITOR_MODES)
         check_range("train.out_dir", self.out_dir, bool(self.out_dir.strip()), "a folder name")
         try:
             import torch

@@ -1,9 +1,11 @@
 """The one trainer: every task (semantic, volumetric, instance) trains through :class:`Trainer`.
 
 The loop is the same for all of them — batches from the task's data, the task's loss, AdamW or SGD with
-a poly or step learning-rate schedule, validation with the task's evaluator, atomic checkpoints and an
-exact ``--resume`` — and the side work is done by hooks (:class:`Hook`): the learning-rate schedule,
-the progress display, the CSV log and curves, and the checkpoints.
+a poly, step or constant learning-rate schedule, validation with the task's evaluator, atomic checkpoints
+and an exact ``--resume`` — and the side work is done by hooks (:class:`Hook`): the learning-rate schedule,
+the progress display, the CSV log and curves, and the checkpoints. Training stops before ``train.steps``
+(or ``epochs``) at the time budget (``train.max_minutes``) or when the monitored score has not improved for
+``train.early_stop_patience`` validations; either way validated, checkpointed and saved, and resumable.
 
 Run directory (``train.out_dir``)::
 
@@ -290,6 +292,8 @@ def learning_rate(config: Config, step: int, total_steps: int) -> float:
         return poly_lr(optim.lr, step, total_steps, optim.poly_power, optim.warmup_steps)
     if optim.schedule == "step":
         return step_lr(optim.lr, step, total_steps, optim.warmup_steps)
+    if optim.schedule == "constant":  # after the optional linear warm-up
+        return optim.lr * min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else optim.lr
     raise PixelsegError(f"unknown optim.schedule '{optim.schedule}'{closest(optim.schedule, SCHEDULES)}")
 
 
@@ -405,12 +409,7 @@ class Checkpointer(Hook):
     main_process_only = True
 
     def on_validation(self, trainer: Trainer, scores: dict[str, Any]) -> None:
-        score = scores.get(trainer.monitor)
-        if score is None or isinstance(score, list):
-            names = [k for k, v in scores.items() if not isinstance(v, list)]
-            raise PixelsegError(f"train.monitor '{trainer.monitor}' is not a metric{closest(trainer.monitor, names)}")
-        if score > trainer.best:
-            trainer.best = score
+        if trainer.improved:  # judged by the trainer (Trainer._judge), on every process alike
             save_pretrained(trainer.model, trainer.out_dir / "best")
             atomic_write_bytes(trainer.out_dir / "best" / "metrics.json",
                                json.dumps({"epoch": trainer.epoch + 1, "step": trainer.step, **scores},
@@ -418,7 +417,8 @@ class Checkpointer(Hook):
 
     def on_checkpoint(self, trainer: Trainer) -> None:
         info = {"epoch": trainer.epoch, "epoch_step": trainer.epoch_step, "step": trainer.step,
-                "best": trainer.best, "history": trainer.history, "running": trainer.running}
+                "best": trainer.best, "history": trainer.history, "running": trainer.running,
+                "stale_validations": trainer.stale_validations}
         if trainer.rank_rng_states is not None:  # under torchrun: every process's RNG, for an exact resume
             info["rng_ranks"] = trainer.rank_rng_states
         save_training_state(trainer.state_path, model=trainer.model, optimizer=trainer.optimizer, info=info)
@@ -467,10 +467,14 @@ class Trainer:
         if resume and not self.state_path.exists():
             raise PixelsegError("nothing to resume: no last.safetensors here", self.out_dir)
         self.monitor = config.train.monitor or self.task.monitor
+        self.monitor_mode = monitor_mode(self.monitor, config.train.monitor_mode)
         self.hooks = hooks if hooks is not None else [LearningRateSchedule(), ProgressDisplay(quiet), CsvLog(),
                                                       Checkpointer()]
         self.epoch = self.epoch_step = self.step = 0
-        self.best = -math.inf
+        self.best = -math.inf if self.monitor_mode == "max" else math.inf
+        self.improved = False  # the last validation bettered the monitor
+        self.stale_validations = 0  # validations in a row without a better monitor (early stopping)
+        self.early_stopped = False
         self.history: list[dict[str, Any]] = []
         self.running: dict[str, float] = {"loss": 0.0, "count": 0.0}
         self.stop_signal: str | None = None  # set by the SIGTERM handler; acted on between steps
@@ -537,6 +541,7 @@ class Trainer:
             self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
             self.epoch_step, self.history = state.get("epoch_step", 0), state["history"]
             self.running = state.get("running", self.running)
+            self.stale_validations = state.get("stale_validations", 0)
             if not group.is_main:  # rank 0 carries the saved (all processes') running sums
                 self.running = {key: 0.0 for key in self.running}
             restore_rng_state(state.get("rng_ranks"), group)
@@ -630,6 +635,11 @@ class Trainer:
             console.print(f"stopped at the time budget (train.max_minutes={budget:g}) after {self.step} steps "
                           f"of {self.total_steps}; best/ and last_model/ are written, continue with --resume",
                           highlight=False, soft_wrap=True)
+        if self.early_stopped and self.step < self.total_steps and self.group.is_main:
+            console.print(f"stopped early after {self.step} steps of {self.total_steps}: {self.monitor} did not "
+                          f"improve for {self.stale_validations} validations (train.early_stop_patience="
+                          f"{self.config.train.early_stop_patience}; best {self.best:.6g}); best/ and last_model/ "
+                          "are written", highlight=False, soft_wrap=True)
         return self.out_dir
 
     def _catch_sigterm(self) -> tuple[bool, Any]:
@@ -698,6 +708,9 @@ class Trainer:
 
     def _loop(self) -> None:
         train_cfg = self.config.train
+        if self._patience_spent():  # resumed from a run that had stopped early: nothing left to do
+            self.early_stopped = True
+            return
         while self.step < self.total_steps:
             batches = iter(self._epoch_loader())
             for _ in range(self.epoch_step * train_cfg.accumulate):  # resuming inside this epoch: replay it
@@ -725,6 +738,8 @@ class Trainer:
                     return
                 if train_cfg.val_every_steps and self.step % train_cfg.val_every_steps == 0:
                     self._validate_and_log(started, end_of_epoch=False)
+                    if self.early_stopped:
+                        return
                     started = time.perf_counter()
                     checkpointed = True
                 elif train_cfg.checkpoint_every_steps and self.step % train_cfg.checkpoint_every_steps == 0:
@@ -738,7 +753,7 @@ class Trainer:
             else:
                 validate = (self.epoch + 1) % train_cfg.val_every == 0 or finished or self.time_up
             self._validate_and_log(started, end_of_epoch=self.epoch_step >= self.steps_per_epoch, validate=validate)
-            if self.time_up:
+            if self.time_up or self.early_stopped:
                 return
             if not finished:
                 self._stop_now(checkpointed=True)
@@ -837,6 +852,7 @@ class Trainer:
             scores = evaluate_model(self.task, self.model, self.val_loader, self.data.info, self.device)
             self.model.train()
             row.update({f"val_{k}": v for k, v in scores.items() if not isinstance(v, list)})
+            self._judge(scores)
             self._call("on_validation", scores)
         if end_of_epoch:
             self.epoch += 1
@@ -845,9 +861,34 @@ class Trainer:
         self._checkpoint()
         self._call("on_row", row)
 
+    def _judge(self, scores: dict[str, Any]) -> None:
+        """Whether the monitored score improved (``best`` kept), the validations since it last did, and
+        whether that is the patience of early stopping. Every process judges the same all-reduced scores."""
+        score = scores.get(self.monitor)
+        if score is None or isinstance(score, list):
+            names = [k for k, v in scores.items() if not isinstance(v, list)]
+            raise PixelsegError(f"train.monitor '{self.monitor}' is not a metric{closest(self.monitor, names)}")
+        self.improved = score > self.best if self.monitor_mode == "max" else score < self.best
+        if self.improved:
+            self.best, self.stale_validations = score, 0
+        else:
+            self.stale_validations += 1
+        self.early_stopped = self._patience_spent()
+
+    def _patience_spent(self) -> bool:
+        patience = self.config.train.early_stop_patience
+        return patience is not None and self.stale_validations >= patience
+
     def _precise_bn_batches(self) -> int:
         value = self.config.train.precise_bn_batches
         return self.task.precise_bn_batches if value is None else value
+
+
+def monitor_mode(monitor: str, mode: str | None) -> str:
+    """``train.monitor_mode``, or from the monitor's name: errors and losses are better lower."""
+    if mode is not None:
+        return mode
+    return "min" if monitor.endswith(("error", "loss")) else "max"
 
 
 def train(config: Config, *, resume: bool = False, quiet: bool = False) -> Path:

@@ -20,6 +20,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..data.build import DataBundle, DatasetInfo
+from ..data.isbi import ISBI_CLASSES
 from ..data.transforms import normalize, to_chw_uint8
 from ..errors import PixelsegError
 from ..inference.forward import forward_whole
@@ -30,6 +31,7 @@ from ..io.images import list_images, read_image
 from ..io.render import index_png, overlay, png_bytes
 from ..losses import build_loss
 from ..metrics.confusion import ConfusionMatrix
+from ..metrics.isbi import ISBIScores
 from ..models.base import SegmentationOutput
 from ..models.config import ModelConfig
 from ..models.registry import create_model
@@ -107,13 +109,17 @@ class SemanticTask(Task):
                           count=images.shape[0])
 
     def evaluator(self, info: DatasetInfo) -> ConfusionMatrix:
+        if list(info.classes) == ISBI_CLASSES:  # ISBI 2012 (membrane, cell): the challenge's errors too
+            return ISBIScores(info.ignore_index)
         return ConfusionMatrix(info.num_classes, info.ignore_index)
 
     def evaluate_batch(self, forward: Callable[[Any], Any], batch: Any, evaluator: ConfusionMatrix,
                        device: torch.device) -> None:
         images, targets = batch
         logits = forward_whole(forward, images.to(device))  # type: ignore[arg-type]
-        evaluator.update(logits.argmax(1).cpu(), targets)
+        scorer = getattr(evaluator, "evaluator", evaluator)  # the report wraps the task's evaluator
+        takes_logits = getattr(scorer, "takes_logits", False)  # ISBI's errors threshold probabilities
+        evaluator.update(logits.cpu() if takes_logits else logits.argmax(1).cpu(), targets)
 
     def check_evaluation_options(self, tta_scales: Sequence[float] | None, tta_flip: bool) -> None:
         pass
