@@ -305,3 +305,15 @@ def test_the_paper_config_loads_and_builds_the_31_million_parameter_unet() -> No
     assert model.output_size(572) == 388  # the paper's tile
     weight = model.downs[3][2].weight  # 3x3 conv 1024 → 1024: He normal, std sqrt(2 / (9·1024))
     assert weight.std().item() == pytest.approx((2 / (9 * 1024)) ** 0.5, rel=0.01)
+
+
+def test_pixelseg_evaluate_prints_the_challenge_errors_in_full(capsys: pytest.CaptureFixture[str]) -> None:
+    from pixelseg.cli.evaluate import print_scores
+
+    scores = {"model": "m", "split": "val", "images": 5, "classes": list(ISBI_CLASSES), "iou_per_class": [0.5, 0.9],
+              "dice_per_class": [0.6, 0.95], "accuracy_per_class": [0.7, 0.96], "pixel_accuracy": 0.9,
+              "mean_pixel_accuracy": 0.8, "mean_iou": 0.7, "frequency_weighted_iou": 0.8, "mean_dice": 0.77,
+              "pixel_error": 0.0611, "pixel_error_best": 0.06, "rand_error": 0.0382, "warping_error": 0.000353}
+    print_scores(scores)
+    printed = capsys.readouterr().out
+    assert "warping_error: 0.000353" in printed and "rand_error: 0.038200" in printed
