@@ -8,7 +8,8 @@ and the scores).
 
 Budget: the CPU time of the optimizer steps (``benchmarks/budget.py``): each model's seconds per step are
 measured first (one thread, real augmented batches) and ``train.steps`` is set so that the steps fill the
-budget; the poly schedule then ends at the budget. Validations run four times per training on the 101
+budget; the poly schedule then ends at the budget. ``unet_r18_bf16`` is the U-Net again in bf16 autocast with
+the same budget (issue 18: what bf16 does to a fixed-budget score on this CPU). Validations run four times per training on the 101
 validation frames and are counted in the CPU minutes reported, not in the budget.
 """
 
@@ -23,7 +24,7 @@ from budget import ROOT, Ledger, calibrate, evaluate_once, train_to_budget  # no
 
 CONFIGS = Path(__file__).resolve().parent / "camvid"
 RUNS = ROOT / "runs" / "reproduce" / "camvid"
-MODELS = ["unet_r18", "deeplabv3plus_r18", "pspnet_r18", "fc_densenet56", "segnet"]
+MODELS = ["unet_r18", "deeplabv3plus_r18", "pspnet_r18", "fc_densenet56", "segnet", "unet_r18_bf16"]
 
 
 def run_model(name: str, budget_minutes: float, ledger: Ledger) -> None:
