@@ -14,16 +14,24 @@ tests compare them to 1e-5, gradients included): boxes are ``(x1, y1, x2, y2)`` 
 coordinates, scaled by ``spatial_scale``, given either as a ``(K, 5)`` tensor whose first column is
 the batch index or as a list of ``(L_i, 4)`` tensors, one per image.
 
-The implementation gathers feature vectors at integer positions from a ``(B*H*W, C)`` view of the
-map, so the memory is ``K * samples * C``; boxes are processed in groups of similar size, each
-padded to its own largest window, which bounds the memory and the padding.
+RoIAlign's bilinear weights are separable: a bin's value is ``sum_y sum_x wy[y] * wx[x] * F[y, x]``,
+so the rows and their weights (summed over the bin's samples) are worked out along each axis alone,
+and every bin reads the outer product of its few rows and columns. The reads are done by
+``embedding_bag`` (a weighted sum of table rows per bin; the reads are never materialised) over a
+channels-last table of only the pixels some box reads; a feature pyramid is pooled in one pass, every
+box on its own level. RoIPool gathers feature vectors at integer positions from a ``(B*H*W, C)`` view
+of the map; its boxes are processed in groups of similar size, each padded to its own largest window,
+which bounds the memory and the padding.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign
+
+from ...errors import PixelsegError
 
 # Upper bound on gathered values (K * samples * C) held at once; boxes are processed in chunks below it.
 _GATHER_BUDGET = 2**24
@@ -83,32 +91,189 @@ def _in_original_order(pieces: list[Tensor], groups: list[Tensor]) -> Tensor:
 
 # ---- RoIAlign ------------------------------------------------------------------------------------
 
-def _bilinear_taps(coords: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Low/high integer neighbours of sample coordinates along one axis and their weights.
+# Largest number of (bin, pixel) reads worked out at once; more RoIs than that are pooled in chunks.
+_TAP_BUDGET = 2**22
+# Values of channels-last output pooled at once when no gradient is needed (a few MB: stays in the cache).
+_OUTPUT_PIECE = 2**19
 
-    A sample further than one pixel outside the map contributes nothing (both weights zero); one
-    within that margin is clamped onto the border, as in the reference kernels.
+
+def _axis_taps(start: Tensor, bin_size: Tensor, grid: Tensor, bins: int, size: Tensor) -> tuple[Tensor, Tensor]:
+    """RoIAlign along one axis: for every RoI and bin, the map rows (or columns) its samples read and
+    their bilinear weights summed over the samples and divided by the samples per bin.
+
+    Returns ``(taps, weights)``, both ``(K, bins, n)``; a bin that reads fewer than ``n`` rows has zero
+    weights in its last slots. Bin ``p``'s ``grid`` samples lie at ``start + p * bin + (i + 0.5) * bin /
+    grid`` (evaluated in torchvision's order, so that the coordinates agree to the last bit); a sample
+    more than one pixel outside the map reads nothing, one within that margin reads the border row.
+    Neighbouring samples of a bin often read the same row (small boxes, the last row): such reads share
+    one slot, so that each bin reads as few rows as it can.
     """
+    device, dtype = start.device, start.dtype
+    max_grid = max(int(grid.max()), 1)
+    index = torch.arange(max_grid, device=device)
+    valid = (index < grid.view(-1, 1)).unsqueeze(1)  # (K, 1, G)
+    # samples past a box's own grid repeat its last one (with zero weight), so they merge into its slots
+    sample = torch.minimum(index, (grid - 1).clamp(min=0).view(-1, 1)).to(dtype).unsqueeze(1)
+    bin_index = torch.arange(bins, device=device, dtype=dtype).view(1, -1, 1)
+    start, bin_size, size = start.view(-1, 1, 1), bin_size.view(-1, 1, 1), size.view(-1, 1, 1)
+    per_bin = grid.clamp(min=1).to(dtype).view(-1, 1, 1)
+    coords = (start + bin_index * bin_size) + (sample + 0.5) * bin_size / per_bin  # (K, bins, G)
     outside = (coords < -1.0) | (coords > size)
     coords = coords.clamp(min=0.0)
     low = coords.floor().long()
     at_last = low >= size - 1
-    low = torch.where(at_last, torch.full_like(low, size - 1), low)
+    low = torch.where(at_last, size - 1, low)
     high = torch.where(at_last, low, low + 1)
-    coords = torch.where(at_last, low.to(coords.dtype), coords)
-    frac_high = coords - low.to(coords.dtype)
-    frac_low = 1.0 - frac_high
-    keep = (~outside).to(coords.dtype)
-    return low, high, frac_low * keep, frac_high * keep
+    frac_high = torch.where(at_last, 0.0, coords - low.to(dtype))
+    keep = (valid & ~outside).to(dtype) / per_bin
+    taps = torch.stack([low, high], dim=-1).flatten(2)  # (K, bins, 2G): low_0, high_0, low_1, ...
+    weights = torch.stack([(1.0 - frac_high) * keep, frac_high * keep], dim=-1).flatten(2)
+    # the taps of a bin never decrease (unless the box is inverted), so equal ones are neighbours
+    slot = torch.cat([torch.zeros_like(taps[..., :1]), (taps[..., 1:] != taps[..., :-1]).cumsum(-1)], dim=-1)
+    slots = int(slot[..., -1].max()) + 1
+    slot_weights = weights.new_zeros(*slot.shape[:2], slots).scatter_add_(-1, slot, weights)
+    slot_taps = taps.new_zeros(*slot.shape[:2], slots).scatter_(-1, slot, taps)
+    return slot_taps, slot_weights
 
 
-def _sample_axis(start: Tensor, bin_size: Tensor, grid: Tensor, bins: int, max_grid: int) -> Tensor:
-    """Sample coordinates along one axis, shape ``(K, bins, max_grid)``: bin ``p``, point ``i`` lies at
-    ``start + p * bin + (i + 0.5) * bin / grid``; points with ``i >= grid`` are padding."""
-    bin_index = torch.arange(bins, device=start.device, dtype=start.dtype).view(1, bins, 1)
-    point_index = torch.arange(max_grid, device=start.device, dtype=start.dtype).view(1, 1, max_grid)
-    step = (bin_size / grid.to(start.dtype)).view(-1, 1, 1)
-    return start.view(-1, 1, 1) + bin_index * bin_size.view(-1, 1, 1) + (point_index + 0.5) * step
+def _slots_used(weights: Tensor) -> Tensor:
+    """``(K,)``: how many leading slots of :func:`_axis_taps` some bin of each RoI uses."""
+    position = torch.arange(1, weights.shape[-1] + 1, device=weights.device)
+    return (position * (weights != 0).any(dim=1)).amax(dim=-1)
+
+
+def _pixel_table(levels: list[Tensor], level_start: list[int], touched: Tensor,
+                 needs_grad: bool) -> tuple[Tensor, Tensor]:
+    """The feature vectors of the touched pixels, ``(P, C)`` rows in pixel order, and the row of every
+    pixel in that table (``-1`` for pixels not touched).
+
+    Pixels are numbered level after level, image after image, in raster order (``level_start`` is the
+    first number of each level). Only the touched pixels are copied to this channels-last table: a
+    pooler reads a part of the large, fine levels, and the copy of a whole level would cost more than
+    the pooling itself.
+    """
+    row_of_pixel = touched.cumsum(0) - 1
+    pixels = torch.nonzero(touched).squeeze(1)
+    segment_start = [level_start[index] + image * level.shape[2] * level.shape[3]
+                     for index, level in enumerate(levels) for image in range(level.shape[0])]
+    bounds = torch.tensor([*segment_start, touched.numel()], device=touched.device)
+    cuts = torch.searchsorted(pixels, bounds).tolist()
+    # without autograd each piece is written in place; with it, the pieces are concatenated
+    table = None if needs_grad else levels[0].new_empty(len(pixels), levels[0].shape[1])
+    pieces, segment = [], 0
+    for level in levels:
+        for image in range(level.shape[0]):
+            lo, hi = cuts[segment], cuts[segment + 1]
+            if hi > lo:
+                # (C, H*W) -> (H*W, C) is a view, for NCHW and channels-last maps alike
+                plane = level[image].reshape(level.shape[1], -1).t()
+                chosen = pixels[lo:hi] - segment_start[segment]
+                if table is None:
+                    pieces.append(plane.index_select(0, chosen))
+                else:
+                    torch.index_select(plane, 0, chosen, out=table[lo:hi])
+            segment += 1
+    if table is None:
+        table = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    return table, row_of_pixel
+
+
+def _roi_align_levels(levels: list[Tensor], scales: list[float], rois: Tensor, level_of_box: Tensor,
+                      output_size: tuple[int, int], sampling_ratio: int, aligned: bool) -> Tensor:
+    """RoIAlign of each row of ``rois`` ``(K, 5)`` on the map ``levels[level_of_box[k]]`` (scale
+    ``scales[...]``), all RoIs at once; returns ``(K, C, *output_size)``.
+
+    RoIAlign's bilinear weights are separable, so each axis is worked out on its own (:func:`_axis_taps`)
+    and every bin reads the outer product of its rows and columns: one bag of ``embedding_bag`` (a
+    weighted sum of table rows, the reads never materialised) per bin, over a channels-last table of
+    the pixels read (:func:`_pixel_table`). Autograd's backward of ``embedding_bag`` adds the weighted
+    output gradients into the table, which passes them on to the maps.
+    """
+    out_h, out_w = output_size
+    first = levels[0]
+    channels, device, dtype = first.shape[1], first.device, first.dtype
+    num_rois = rois.shape[0]
+    if num_rois == 0:
+        return first.new_zeros(0, channels, out_h, out_w)
+    rois = rois.detach().to(dtype)  # as torchvision's kernel, no gradient flows to the boxes
+    batch_index = rois[:, 0].long()
+    batch = first.shape[0]
+    if int(batch_index.min()) < 0 or int(batch_index.max()) >= batch:
+        raise PixelsegError(f"RoI batch indices must lie in [0, {batch - 1}] (the feature map's batch), "
+                            f"got {int(batch_index.min())}..{int(batch_index.max())}")
+    level_start = [0]  # pixels are numbered level after level (and the total at the end)
+    for level in levels:
+        level_start.append(level_start[-1] + level.shape[0] * level.shape[2] * level.shape[3])
+    height = torch.tensor([level.shape[2] for level in levels], device=device)[level_of_box]
+    width = torch.tensor([level.shape[3] for level in levels], device=device)[level_of_box]
+    scale = torch.tensor(scales, dtype=dtype, device=device)[level_of_box]
+    first_pixel = torch.tensor(level_start[:-1], device=device)[level_of_box] + batch_index * height * width
+
+    offset = 0.5 if aligned else 0.0
+    x1 = rois[:, 1] * scale - offset
+    y1 = rois[:, 2] * scale - offset
+    roi_w = rois[:, 3] * scale - offset - x1
+    roi_h = rois[:, 4] * scale - offset - y1
+    if not aligned:  # the legacy behaviour: boxes are at least one pixel wide
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    if sampling_ratio > 0:
+        grid_h = grid_w = torch.full((num_rois,), sampling_ratio, dtype=torch.long, device=device)
+    else:  # adaptive: ceil(box / bins) samples per bin, none for an empty or inverted box
+        grid_h = torch.ceil(roi_h / out_h).long().clamp(min=0)
+        grid_w = torch.ceil(roi_w / out_w).long().clamp(min=0)
+    rows, row_weights = _axis_taps(y1, roi_h / out_h, grid_h, out_h, height)  # (K, out_h, ny)
+    cols, col_weights = _axis_taps(x1, roi_w / out_w, grid_w, out_w, width)  # (K, out_w, nx)
+    rows_used, cols_used = _slots_used(row_weights), _slots_used(col_weights)
+
+    def reads(lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        """Pixel numbers and weights of the reads of RoIs ``lo:hi``: ``(k * out_h * out_w, ny * nx)``,
+        one row per bin (the outer product of its rows and columns)."""
+        ny, nx = max(int(rows_used[lo:hi].max()), 1), max(int(cols_used[lo:hi].max()), 1)
+        row_start = first_pixel[lo:hi, None, None] + rows[lo:hi, :, :ny] * width[lo:hi, None, None]
+        pixel = row_start[:, :, None, :, None] + cols[lo:hi, None, :, None, :nx]  # (k, out_h, out_w, ny, nx)
+        weight = row_weights[lo:hi, :, None, :ny, None] * col_weights[lo:hi, None, :, None, :nx]
+        return pixel.reshape(-1, ny * nx), weight.reshape(-1, ny * nx)
+
+    # RoIs in chunks whose reads stay under _TAP_BUDGET (a detector's RoIs make one chunk)
+    step = max(1, _TAP_BUDGET // (out_h * out_w * row_weights.shape[-1] * col_weights.shape[-1]))
+    chunks = [(lo, min(lo + step, num_rois)) for lo in range(0, num_rois, step)]
+    single = reads(0, num_rois) if len(chunks) == 1 else None
+
+    def chunk_reads(lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        return single if single is not None else reads(lo, hi)
+
+    needs_grad = torch.is_grad_enabled() and any(level.requires_grad for level in levels)
+    as_rows = first.permute(0, 2, 3, 1)
+    if len(levels) == 1 and as_rows.is_contiguous():  # a channels-last map (or one channel) is its own table
+        table, row_of_pixel = as_rows.reshape(-1, channels), None
+    else:
+        touched = torch.zeros(level_start[-1], dtype=torch.bool, device=device)
+        for lo, hi in chunks:
+            touched[chunk_reads(lo, hi)[0].flatten()] = True
+        table, row_of_pixel = _pixel_table(levels, level_start, touched, needs_grad)
+
+    def table_rows(pixel: Tensor) -> Tensor:
+        return pixel if row_of_pixel is None else row_of_pixel[pixel]
+
+    bins = out_h * out_w
+    if needs_grad:
+        pooled = [F.embedding_bag(table_rows(pixel), table, mode="sum", per_sample_weights=weight)
+                  for pixel, weight in (chunk_reads(lo, hi) for lo, hi in chunks)]
+        pooled = pooled[0] if len(pooled) == 1 else torch.cat(pooled)
+        return pooled.view(num_rois, out_h, out_w, channels).permute(0, 3, 1, 2).contiguous()
+    # without autograd, a few RoIs at a time are pooled (channels last, small enough to stay in the
+    # cache) and written in place into the NCHW output: no large temporary is allocated
+    output = first.new_empty(num_rois, channels, out_h, out_w)
+    rois_at_once = max(1, _OUTPUT_PIECE // (bins * channels))
+    for lo, hi in chunks:
+        pixel, weight = chunk_reads(lo, hi)
+        rows_read = table_rows(pixel)
+        for start in range(lo, hi, rois_at_once):
+            end = min(start + rois_at_once, hi)
+            part = slice((start - lo) * bins, (end - lo) * bins)
+            pooled = F.embedding_bag(rows_read[part], table, mode="sum", per_sample_weights=weight[part])
+            output[start:end].copy_(pooled.view(end - start, out_h, out_w, channels).permute(0, 3, 1, 2))
+    return output
 
 
 def roi_align(
@@ -120,58 +285,12 @@ def roi_align(
     aligned: bool = False,
 ) -> Tensor:
     """RoIAlign of ``features`` ``(B, C, H, W)`` over ``boxes``; returns ``(K, C, *output_size)``."""
-    rois = boxes_to_rois(boxes).to(features.dtype)
-    out_h, out_w = _pair(output_size)
-    batch, channels, height, width = features.shape
-    num_rois = rois.shape[0]
-    if num_rois == 0:
-        return features.new_zeros(0, channels, out_h, out_w)
-
-    offset = 0.5 if aligned else 0.0
-    x1 = rois[:, 1] * spatial_scale - offset
-    y1 = rois[:, 2] * spatial_scale - offset
-    roi_w = rois[:, 3] * spatial_scale - offset - x1
-    roi_h = rois[:, 4] * spatial_scale - offset - y1
-    if not aligned:  # the legacy behaviour: boxes are at least one pixel wide
-        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
-    bin_w, bin_h = roi_w / out_w, roi_h / out_h
-    if sampling_ratio > 0:
-        grid_h = torch.full((num_rois,), sampling_ratio, dtype=torch.long, device=features.device)
-        grid_w = grid_h.clone()
-    else:
-        grid_h = torch.ceil(roi_h / out_h).long()
-        grid_w = torch.ceil(roi_w / out_w).long()
-    flat = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
-    outputs = []
-    groups = _size_groups(grid_h, grid_w, out_h * out_w * channels * 4)
-    for part in groups:
-        max_gh = max(int(grid_h[part].max()), 1)
-        max_gw = max(int(grid_w[part].max()), 1)
-        ys = _sample_axis(y1[part], bin_h[part], grid_h[part].clamp(min=1), out_h, max_gh)
-        xs = _sample_axis(x1[part], bin_w[part], grid_w[part].clamp(min=1), out_w, max_gw)
-        y_low, y_high, wy_low, wy_high = _bilinear_taps(ys, height)  # (k, out_h, gh)
-        x_low, x_high, wx_low, wx_high = _bilinear_taps(xs, width)  # (k, out_w, gw)
-        # padding points beyond a box's own grid get zero weight
-        valid_y = (torch.arange(max_gh, device=features.device).view(1, 1, -1) < grid_h[part].view(-1, 1, 1))
-        valid_x = (torch.arange(max_gw, device=features.device).view(1, 1, -1) < grid_w[part].view(-1, 1, 1))
-        wy_low, wy_high = wy_low * valid_y, wy_high * valid_y
-        wx_low, wx_high = wx_low * valid_x, wx_high * valid_x
-
-        # the four bilinear neighbours of every sample, gathered at once: (k, out_h, gh, out_w, gw, 4)
-        base = (rois[part, 0].long() * height * width).view(-1, 1, 1, 1, 1, 1)
-        rows = torch.stack([y_low, y_low, y_high, y_high], dim=-1)[:, :, :, None, None, :]
-        cols = torch.stack([x_low, x_high, x_low, x_high], dim=-1)[:, None, None, :, :, :]
-        weight_y = torch.stack([wy_low, wy_low, wy_high, wy_high], dim=-1)[:, :, :, None, None, :]
-        weight_x = torch.stack([wx_low, wx_high, wx_low, wx_high], dim=-1)[:, None, None, :, :, :]
-        index = base + rows * width + cols
-        weight = weight_y * weight_x
-        # index_select's backward is an index_add, much faster on CPU than advanced indexing's
-        gathered = flat.index_select(0, index.reshape(-1)).view(*index.shape, channels)
-        count = (grid_h[part] * grid_w[part]).clamp(min=1).to(features.dtype).view(-1, 1, 1, 1, 1, 1)
-        # weighted sum over the samples of each bin and their four neighbours: (k, out_h, out_w, C)
-        pooled = torch.einsum("kygxwt,kygxwtc->kyxc", weight / count, gathered)
-        outputs.append(pooled.permute(0, 3, 1, 2))
-    return _in_original_order(outputs, groups)
+    if features.dim() != 4:
+        raise ValueError(f"features must have shape (B, C, H, W), got {tuple(features.shape)}")
+    rois = boxes_to_rois(boxes)
+    level_of_box = torch.zeros(rois.shape[0], dtype=torch.long, device=features.device)
+    return _roi_align_levels([features], [spatial_scale], rois, level_of_box, _pair(output_size),
+                             sampling_ratio, aligned)
 
 
 # ---- RoIPool -------------------------------------------------------------------------------------
@@ -307,25 +426,33 @@ class MultiLevelRoIAlign(MultiScaleRoIAlign):
                                          self.aligned)
         return roi_align(features, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
 
-    def forward(self, features: dict[str, Tensor], boxes: list[Tensor],
-                image_shapes: list[tuple[int, int]]) -> Tensor:
-        levels = [features[name] for name in self.featmap_names]
-        rois = boxes_to_rois(boxes)
+    def level_scales(self, levels: list[Tensor], image_shapes: list[tuple[int, int]]) -> list[float]:
+        """The scale of each level: the power of two closest to its size over the (largest) image's."""
         image_h = max(shape[0] for shape in image_shapes)
         image_w = max(shape[1] for shape in image_shapes)
         scales = []
         for level in levels:
             approx = min(level.shape[-2] / image_h, level.shape[-1] / image_w)
             scales.append(2.0 ** round(float(torch.tensor(approx).log2())))
+        return scales
+
+    def forward(self, features: dict[str, Tensor], boxes: list[Tensor],
+                image_shapes: list[tuple[int, int]]) -> Tensor:
+        levels = [features[name] for name in self.featmap_names]
+        rois = boxes_to_rois(boxes)
+        scales = self.level_scales(levels, image_shapes)
         if len(levels) == 1:
-            return self._pool(levels[0], rois, scales[0])
-        lowest = -round(torch.tensor(scales[0]).log2().item())
-        highest = -round(torch.tensor(scales[-1]).log2().item())
-        side = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
-        target = torch.floor(self.canonical_level + torch.log2(side / self.canonical_scale) + 1e-6)
-        level_of_box = (target.clamp(lowest, highest) - lowest).long()
-        channels = levels[0].shape[1]
-        result = levels[0].new_zeros(rois.shape[0], channels, *self.output_size)
+            level_of_box = torch.zeros(rois.shape[0], dtype=torch.long, device=rois.device)
+        else:
+            lowest = -round(torch.tensor(scales[0]).log2().item())
+            highest = -round(torch.tensor(scales[-1]).log2().item())
+            side = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+            target = torch.floor(self.canonical_level + torch.log2(side / self.canonical_scale) + 1e-6)
+            level_of_box = (target.clamp(lowest, highest) - lowest).long()
+        if self.implementation == "pixelseg":
+            return _roi_align_levels(levels, scales, rois, level_of_box, self.output_size, self.sampling_ratio,
+                                     self.aligned)
+        result = levels[0].new_zeros(rois.shape[0], levels[0].shape[1], *self.output_size)
         for index, (level, scale) in enumerate(zip(levels, scales, strict=True)):
             chosen = torch.nonzero(level_of_box == index).squeeze(1)
             result = result.index_copy(0, chosen, self._pool(level, rois[chosen], scale))
