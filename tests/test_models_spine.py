@@ -17,6 +17,24 @@ def test_unet_has_31030658_parameters_like_the_paper() -> None:
     assert parameter_count(model) == 31_030_658
 
 
+def test_unet_drops_out_the_two_deepest_levels_like_the_authors_caffe_model() -> None:
+    """"Drop-out layers at the end of the contracting path" (Sec. 3): 0.5 on the 512- and 1024-channel outputs."""
+    torch.manual_seed(0)
+    model = pixelseg.create_model("unet", num_classes=2, in_channels=1, base_channels=4, padding="same")
+    assert model.dropout.p == 0.5
+    seen = []
+    model.dropout.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[1]))
+    x = torch.randn(1, 1, 32, 32)
+    model.eval()
+    first, second = model(x), model(x)
+    assert torch.equal(first, second) and seen == [32, 64] * 2  # 4·2³ and 4·2⁴ channels, in each call
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    quiet = pixelseg.create_model("unet", num_classes=2, in_channels=1, base_channels=4, padding="same", dropout=0.0)
+    quiet.train()
+    assert torch.equal(quiet(x), quiet(x))  # no batch norm here: without drop-out training mode is deterministic
+
+
 def test_unet_valid_convolutions_map_572_to_388_as_in_figure_1() -> None:
     model = pixelseg.create_model("unet", num_classes=2, in_channels=1, base_channels=4).eval()
     with torch.no_grad():

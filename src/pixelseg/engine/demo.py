@@ -34,7 +34,7 @@ DEMO_IMAGE_SEED = 1  # a Shapes image with all three shape classes
 
 def demo_config(out_dir: Path, epochs: int, samples: int, image_size: int = 96) -> Config:
     return Config(
-        model=ModelConfig(name="unet", kwargs={"padding": "same", "base_channels": 16, "batch_norm": True}),
+        model=ModelConfig(name="unet", kwargs={"padding": "same", "base_channels": 16, "batch_norm": True, "dropout": 0.0}),
         data=DataConfig(name="shapes", num_samples=samples, val_samples=64, image_size=image_size, batch_size=8,
                         val_batch_size=16),
         optim=OptimConfig(name="adamw", lr=3e-3, weight_decay=1e-4),

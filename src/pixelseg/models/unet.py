@@ -3,7 +3,8 @@
 Contracting path: repeated two 3x3 convolutions (unpadded in the paper) + ReLU, then 2x2 max pooling,
 doubling the channels from 64 to 1024. Expansive path: a 2x2 up-convolution halving the channels,
 concatenation with the centre-cropped feature map of the same level, two 3x3 convolutions. A 1x1
-convolution maps the 64 channels to the classes. With valid convolutions a 572x572 input gives a
+convolution maps the 64 channels to the classes; drop-out (0.5) on the two deepest levels' outputs, "at the
+end of the contracting path". With valid convolutions a 572x572 input gives a
 388x388 output; ``input_size_for`` tells predictors how much mirrored context to add (overlap-tile).
 
 ``padding="same"`` keeps the output the size of the input; ``encoder="resnet34"`` (any timm name) swaps
@@ -68,10 +69,12 @@ class UNet(SegmentationModel):
 
     def __init__(self, num_classes: int, in_channels: int = 1, *, base_channels: int = 64, depth: int = 4,
                  padding: Literal["valid", "same"] = "valid", batch_norm: bool = False,
-                 upsampling: str = "transposed") -> None:
+                 upsampling: str = "transposed", dropout: float = 0.5) -> None:
         super().__init__()
         if padding not in ("valid", "same"):
             raise ValueError(f"padding must be 'valid' or 'same', not {padding!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {dropout!r}")
         pad = 1 if padding == "same" else 0
         self.padding, self.depth = padding, depth
         widths = [base_channels * 2**level for level in range(depth + 1)]
@@ -79,6 +82,9 @@ class UNet(SegmentationModel):
         self.downs = nn.ModuleList(
             DoubleConv(widths[i], widths[i + 1], padding=pad, batch_norm=batch_norm) for i in range(depth))
         self.pool = nn.MaxPool2d(2)
+        # "Drop-out layers at the end of the contracting path": the authors' Caffe model drops out the
+        # outputs of the two deepest levels (512 and 1024 channels), for the skip and the path down alike.
+        self.dropout = nn.Dropout(dropout)
         self.ups = nn.ModuleList(
             Up(widths[i + 1], widths[i], widths[i], padding=pad, batch_norm=batch_norm, upsampling=upsampling)
             for i in reversed(range(depth)))
@@ -87,12 +93,13 @@ class UNet(SegmentationModel):
     def forward(self, x: Tensor) -> Tensor:
         if self.padding == "same":
             x, size = pad_to_multiple(x, 2**self.depth, mode="reflect" if min(x.shape[-2:]) > 1 else "constant")
-        elif not torch.jit.is_tracing():
+        elif not (torch.jit.is_tracing() or torch.compiler.is_exporting()):  # a Python check of the sizes
             for side in x.shape[-2:]:
                 self.output_size(int(side))
         skips = [self.inc(x)]
-        for down in self.downs:
-            skips.append(down(self.pool(skips[-1])))
+        for level, down in enumerate(self.downs, start=1):
+            features = down(self.pool(skips[-1]))
+            skips.append(self.dropout(features) if level >= self.depth - 1 else features)
         y = skips.pop()
         for up in self.ups:
             y = up(y, skips.pop())
