@@ -68,7 +68,8 @@ def test_evaluation_shards_take_every_image_once() -> None:
 
 CONFIG = {
     # No BatchNorm and no dropout: DDP's averaged gradient equals the gradient of the doubled batch.
-    "model": {"name": "unet", "kwargs": {"padding": "same", "base_channels": 4, "depth": 2, "batch_norm": False}},
+    "model": {"name": "unet", "kwargs": {"padding": "same", "base_channels": 4, "depth": 2, "batch_norm": False,
+                                     "dropout": 0.0}},
     "data": {"name": "shapes", "num_samples": 8, "val_samples": 3, "image_size": 32, "batch_size": 2,
              "val_batch_size": 1, "hflip": False},
     "optim": {"lr": 0.01},

@@ -14,7 +14,8 @@ from pixelseg.errors import PixelsegError
 from pixelseg.io.checkpoint import load_state_dict
 
 # No BatchNorm and no dropout: a batch's gradient is the mean of its images', however it is split.
-PLAIN_UNET = {"name": "unet", "kwargs": {"padding": "same", "base_channels": 4, "depth": 2, "batch_norm": False}}
+PLAIN_UNET = {"name": "unet", "kwargs": {"padding": "same", "base_channels": 4, "depth": 2, "batch_norm": False,
+                                     "dropout": 0.0}}
 
 
 def config(tmp_path: Path, name: str, *, batch_size: int = 4, **train):

@@ -1,5 +1,5 @@
 """``pixelseg export RUN_OR_MODEL --out model.onnx [--precision fp32|bf16|int8]``: ONNX with dynamic sizes,
-checked against PyTorch; reduced precisions gated on the model's validation mIoU."""
+checked against PyTorch; reduced precisions gated on the model's validation mIoU; JSON metadata next to it."""
 
 from __future__ import annotations
 
@@ -20,13 +20,16 @@ def register(app: typer.Typer) -> None:
                opset: Annotated[int | None, typer.Option(
                    help="ONNX opset (default: pixelseg.inference.export.OPSET)")] = None,
                precision: Annotated[str, typer.Option(
-                   help="'fp32'; 'int8' (static quantization, ONNX Runtime) or 'bf16' (eager autocast), each "
-                        "refused if the validation mIoU drops more than 1 / 0.5 point")] = "fp32",
+                   help="'fp32'; 'int8' (static quantization; ONNX Runtime, and OpenVINO when installed) or "
+                        "'bf16' (eager autocast, and OpenVINO), each refused if the validation mIoU drops more "
+                        "than 1 / 0.5 point")] = "fp32",
                calibration: Annotated[int, typer.Option(
                    help="--precision int8: training images to calibrate the activation ranges on")] = 16,
                accept_drop: Annotated[bool, typer.Option(
                    help="write a reduced precision even when its mIoU drop exceeds the gate")] = False) -> None:
-        """Export a saved model (dynamic batch, height, width), checked against PyTorch with ONNX Runtime."""
+        """Export a saved model (dynamic batch, height, width), checked against PyTorch with ONNX Runtime; the
+        JSON metadata next to it (<out>.json) records the checks and each runtime's measured CPU time."""
+        from ..inference.export import metadata_path
         from ..inference.quantize import export_with_precision
 
         report = export_with_precision(model, out_file, precision=precision, format=format_, opset=opset,
@@ -37,3 +40,4 @@ def register(app: typer.Typer) -> None:
                   f"max |ONNX Runtime fp32 - PyTorch| {diffs})")
         for note in report.notes:
             out.print(f"  {note}", highlight=False)
+        out.print(f"  metadata: {metadata_path(report.path)}", highlight=False)

@@ -24,11 +24,13 @@ def register(app: typer.Typer) -> None:
                 crf_bilateral_srgb: Annotated[float | None, typer.Option(help="appearance colour width [13]")] = None,
                 crf_bilateral_compat: Annotated[float | None, typer.Option(
                     help="appearance kernel weight [10]")] = None,
-                backend: Annotated[str, typer.Option(help="'torch' (eager) or 'onnxruntime'")] = "torch",
+                backend: Annotated[str | None, typer.Option(
+                    help="'torch' (eager; the default for fp32 and bf16), 'onnxruntime' or 'openvino' (the graph "
+                         "of pixelseg export), 'auto' (the faster of them; the default for int8)")] = None,
                 optimize: Annotated[bool, typer.Option(help="fold batch norms, channels_last (same outputs)")] = False,
                 compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the eager model")] = False,
                 precision: Annotated[str, typer.Option(
-                    help="'fp32', 'bf16' (eager autocast) or 'int8' (ONNX Runtime on model.int8.onnx of "
+                    help="'fp32', 'bf16' (eager autocast, or OpenVINO) or 'int8' (model.int8.onnx of "
                          "pixelseg export, else a fresh quantization)")] = "fp32",
                 threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
                 tile: Annotated[int | None, typer.Option(help="tile side: overlap-tile / sliding window")] = None,
@@ -61,6 +63,8 @@ def register(app: typer.Typer) -> None:
             overlap = min(64, tile // 2) if tile is not None else 64
         if tile_batch < 1:
             fail(f"--tile-batch must be at least 1, got {tile_batch}")
+        if backend is None:  # int8 is always a graph: the faster runtime
+            backend = "auto" if precision == "int8" else "torch"
         options = InferenceOptions(backend=backend, optimize=optimize, compile=compile_, threads=threads, tile=tile,
                                    overlap=overlap, tile_batch=tile_batch, blend=blend, stream=stream,
                                    tta_scales=parse_scales(tta_scales) if tta_scales is not None else None,

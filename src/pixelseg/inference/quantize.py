@@ -16,9 +16,10 @@ each held to an accuracy gate measured on the model's own validation split.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import tempfile
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,19 +32,20 @@ from ..errors import PixelsegError
 from ..io.config import build_typed
 from ..metrics.confusion import ConfusionMatrix
 from ..models.base import main_logits
+from . import openvino_backend
 from .export import (
     INPUT,
     OPSET,
     ExportReport,
     OnnxRuntimeModel,
-    export_model_dir,
     export_onnx,
     load_exportable,
     sample_size,
+    write_metadata,
 )
 from .forward import forward_whole
+from .openvino_backend import OpenVinoModel
 from .speedups import seconds_per_call
-from .tiling import has_valid_convolutions
 
 PRECISIONS = ("fp32", "bf16", "int8")
 MAX_DROP = {"fp32": 0.0, "bf16": 0.5, "int8": 1.0}  # mIoU points (of 100) below fp32 on the validation split
@@ -206,42 +208,23 @@ def enforce(gates: Gate | list[Gate], *, accept_drop: bool = False, name: str = 
                                 f"{'; '.join(gate.line() for gate in failed)}; --accept-drop writes it anyway")
 
 
-def openvino_available() -> bool:
-    return importlib.util.find_spec("openvino") is not None
-
-
-class OpenVinoModel:
-    """An ONNX graph compiled by OpenVINO for the CPU, called like the eager model (an optional runtime:
-    ``pip install openvino``; it runs the QDQ graph of :func:`quantize_int8` with int8 kernels)."""
-
-    def __init__(self, path: str | Path, *, threads: int | None = None, geometry: nn.Module | None = None) -> None:
-        import openvino as ov
-
-        properties: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            properties["INFERENCE_NUM_THREADS"] = threads
+def graph_runtimes(path: str | Path, model: nn.Module, *, precision: str = "int8", threads: int | None = None,
+                   name: str = "model") -> tuple[dict[str, Callable], list[str]]:
+    """The runtimes installed for the exported graph at ``precision``: ONNX Runtime (fp32 and int8; it has no
+    bf16 CPU kernels on x86) and OpenVINO when it is installed and compiles the graph (its CPU plugin has no
+    int8 kernel for some graphs, e.g. LinkNet's). Also the one-line reasons of the runtimes left out."""
+    runtimes: dict[str, Callable] = {}
+    refused: list[str] = []
+    if precision != "bf16":
+        runtimes["onnxruntime"] = OnnxRuntimeModel(path, threads=threads, geometry=model)
+    if openvino_backend.openvino_available():
         try:
-            self.compiled = ov.Core().compile_model(str(path), "CPU", properties)
-        except Exception as error:  # OpenVINO's own exception types
-            raise PixelsegError(f"OpenVINO cannot load the graph ({str(error).strip()[:200]})", path) from None
-        if geometry is not None and has_valid_convolutions(geometry):
-            self.input_size_for = geometry.input_size_for
-
-    def __call__(self, images: Tensor) -> Tensor:
-        result = self.compiled(images.detach().float().cpu().contiguous().numpy())
-        return torch.from_numpy(result[self.compiled.output(0)].copy())
-
-
-def int8_runtimes(path: str | Path, model: nn.Module, threads: int | None = None) -> dict[str, Callable]:
-    """The runtimes installed for the quantized graph: ONNX Runtime, and OpenVINO when it is installed and
-    compiles the graph (its CPU plugin has no int8 kernel for some graphs, e.g. LinkNet's)."""
-    runtimes: dict[str, Callable] = {"onnxruntime": OnnxRuntimeModel(path, threads=threads, geometry=model)}
-    if openvino_available():
-        try:
-            runtimes["openvino"] = OpenVinoModel(path, threads=threads, geometry=model)
-        except PixelsegError:
-            pass
-    return runtimes
+            runtimes["openvino"] = OpenVinoModel(path, threads=threads, geometry=model, precision=precision,
+                                                 name=name)
+        except PixelsegError as error:  # its message names the model; the path may be a temporary one
+            message = str(error)
+            refused.append(message.removeprefix(f"{error.path}: ") if error.path else message)
+    return runtimes, refused
 
 
 def fastest(runtimes: dict[str, Callable], example: Tensor) -> tuple[str, Callable]:
@@ -252,51 +235,114 @@ def fastest(runtimes: dict[str, Callable], example: Tensor) -> tuple[str, Callab
     return min(zip(runtimes.items(), seconds, strict=True), key=lambda pair: pair[1])[0]
 
 
-BF16_NOTE = ("bf16 runs as eager autocast (pixelseg predict --precision bf16): ONNX Runtime has no bf16 CPU "
-             "kernels on x86, so the graph written is float32")
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """PyTorch at 1 thread (eager candidates are timed like the runtimes, which are built with 1 thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def cpu_seconds_per_image(runtimes: dict[str, Callable], images: list[Tensor]) -> dict[str, float]:
+    """Process CPU seconds per image of each runtime (whole-image logits; the graph runtimes built with 1
+    thread, eager PyTorch set to 1) over ``images``, after one warm-up call each. The runtimes take turns image
+    by image, so that other processes' load falls on all alike; CPU time does not count the time they take."""
+    totals = dict.fromkeys(runtimes, 0.0)
+    with torch.inference_mode(), _one_thread():
+        for run in runtimes.values():
+            forward_whole(run, images[0])  # type: ignore[arg-type]
+        for image in images:
+            for label, run in runtimes.items():
+                start = time.process_time()
+                forward_whole(run, image)  # type: ignore[arg-type]
+                totals[label] += time.process_time() - start
+    return {label: total / len(images) for label, total in totals.items()}
+
+
+def _record_timing(report: ExportReport, runtimes: dict[str, Callable], images: list[Tensor], what: str) -> None:
+    """Time ``runtimes`` on ``images`` (1 thread) into the report: per-image CPU seconds and the fastest."""
+    report.cpu_seconds = {label: round(seconds, 6)
+                          for label, seconds in cpu_seconds_per_image(runtimes, images).items()}
+    report.fastest = min(report.cpu_seconds, key=report.cpu_seconds.__getitem__)
+    report.metadata["timed_on"] = f"{len(images)} {what}, 1 thread, process CPU time"
+    if len(runtimes) > 1:
+        shown = ", ".join(f"{label} {1000 * seconds:.1f} ms" for label, seconds in report.cpu_seconds.items())
+        report.notes.append(f"CPU time per image at 1 thread on {len(images)} {what}: {shown}; "
+                            f"--backend auto runs {report.fastest}")
+
+
+BF16_NOTE = ("the graph written is float32: bf16 runs as eager autocast (pixelseg predict --precision bf16) or, "
+             "with OpenVINO, as this graph at bf16 inference precision; ONNX Runtime has no bf16 CPU kernels on x86")
+TIMING_SIDE = 256  # fp32 exports are timed on random images of about this side (no data needed)
 
 
 def export_with_precision(model_path: str | Path, out: str | Path, *, precision: str = "fp32",
                           format: str = "onnx", opset: int | None = None, calibration: int = CALIBRATION_IMAGES,
                           accept_drop: bool = False, limit: int | None = None) -> ExportReport:
-    """``pixelseg export --precision``: fp32 as :func:`export.export_model_dir`; int8 writes the quantized
-    graph (calibrated on ``calibration`` training images); bf16 writes the float32 graph once the bf16 eager
-    path has passed. Both reduced precisions are gated on the validation split (``limit``: its first images
-    only) and refused with the measured drop unless ``accept_drop``."""
+    """``pixelseg export --precision``: the graph, and its JSON metadata next to it (``model.int8.onnx.json``,
+    :func:`export.write_metadata`). fp32 as :func:`export.export_model_dir`; int8 writes the quantized graph
+    (calibrated on ``calibration`` training images); bf16 writes the float32 graph once the bf16 paths (eager
+    autocast; OpenVINO at bf16 when installed) have passed. Both reduced precisions are gated on the validation
+    split (``limit``: its first images only), every installed runtime alike, and refused with the measured
+    drop unless ``accept_drop``.
+
+    The metadata records each runtime's CPU time per image at 1 thread (int8: always, on the calibration
+    images; bf16: on them, fp32: on random images, when OpenVINO offers a second runtime) and the fastest,
+    which ``pixelseg predict --backend auto`` runs."""
     check_precision(precision)
     opset = opset or OPSET
-    if precision == "fp32":
-        return export_model_dir(model_path, out, format=format, opset=opset)
     if format != "onnx":
         raise PixelsegError(f"unknown export format '{format}' (supported: onnx)")
-    if calibration < 1:
+    if precision != "fp32" and calibration < 1:
         raise PixelsegError(f"--calibration must be at least 1 image, got {calibration}")
     model_dir, model = load_exportable(model_path)
-    config, info = saved_data(model, model_dir)
     name = model.pixelseg_config.get("name", str(model_dir))
     in_channels = model.pixelseg_config.get("in_channels", 3)
     out = Path(out)
-    if precision == "bf16":
-        example = torch.randn(1, in_channels, *sample_size(model, 256))
-        gates = measure_gates(model, {"": bf16_model(model, example)}, precision, config, info, limit=limit)
-        enforce(gates, accept_drop=accept_drop, name=name)
+    if precision == "fp32":
         report = export_onnx(model, out, in_channels=in_channels, opset=opset, name=name)
-        report.notes += [gates[0].line(), BF16_NOTE]
-    else:
-        partial = out.with_name(out.name + ".part")
+        if openvino_backend.openvino_available():
+            runtimes, refused = graph_runtimes(out, model, precision="fp32", threads=1, name=name)
+            report.notes += refused
+            images = [torch.randn(1, in_channels, *sample_size(model, TIMING_SIDE)) for _ in range(2)]
+            _record_timing(report, runtimes, images, "random image(s)")
+        write_metadata(report)
+        return report
+    config, info = saved_data(model, model_dir)
+    train_images = split_images(config, info, config.train_split, calibration)
+    what = f"{config.train_split} image(s)"
+    partial = out.with_name(out.name + ".part")
+    try:
         with tempfile.TemporaryDirectory(prefix="pixelseg-export-") as folder:
-            fp32 = export_onnx(model, Path(folder) / "fp32.onnx", in_channels=in_channels, opset=opset, name=name)
-            try:
-                quantize_int8(fp32.path, partial, split_images(config, info, config.train_split, calibration))
-                gates = measure_gates(model, int8_runtimes(partial, model), precision, config, info, limit=limit)
-                enforce(gates, accept_drop=accept_drop, name=name)
-            except BaseException:
-                partial.unlink(missing_ok=True)
-                raise
-        partial.replace(out)
-        report = ExportReport(out, opset, fp32.max_abs_diff, exporter=fp32.exporter)
-        used = len(split_images(config, info, config.train_split, calibration))
-        report.notes += [*(gate.line() for gate in gates),
-                         f"calibrated on {used} {config.train_split} image(s); per-channel int8 weights, QDQ"]
-    report.precision = precision
+            if precision == "bf16":
+                fp32 = export_onnx(model, partial, in_channels=in_channels, opset=opset, name=name)
+                with _one_thread():  # its layout is chosen by timing, as it is timed below
+                    candidates = {"torch": bf16_model(model, torch.randn(1, in_channels, *sample_size(model, 256)))}
+                runtimes, refused = graph_runtimes(partial, model, precision="bf16", threads=1, name=name)
+                candidates.update(runtimes)
+            else:
+                fp32 = export_onnx(model, Path(folder) / "fp32.onnx", in_channels=in_channels, opset=opset,
+                                   name=name)
+                quantize_int8(fp32.path, partial, train_images)
+                candidates, refused = graph_runtimes(partial, model, precision="int8", threads=1, name=name)
+            gates = measure_gates(model, candidates, precision, config, info, limit=limit)
+            enforce(gates, accept_drop=accept_drop, name=name)
+            report = ExportReport(out, fp32.opset, fp32.max_abs_diff, precision=precision, exporter=fp32.exporter,
+                                  notes=[gate.line() for gate in gates] + refused)
+            if precision == "int8" or len(candidates) > 1:
+                _record_timing(report, candidates, train_images, what)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(out)
+    report.notes.append(BF16_NOTE if precision == "bf16" else
+                        f"calibrated on {len(train_images)} {what}; per-channel int8 weights, QDQ")
+    report.metadata.update(model=name, calibration_images=len(train_images) if precision == "int8" else 0,
+                           gates=[{"backend": gate.backend or "torch", "split": gate.split, "images": gate.images,
+                                   "miou_fp32": round(gate.miou_fp32, 4), "miou": round(gate.miou, 4),
+                                   "drop": round(gate.drop, 4), "max_drop": gate.max_drop} for gate in gates])
+    write_metadata(report)
     return report

@@ -21,6 +21,7 @@ a model's output, so here the head reads the trunk's logits at that scale.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -100,9 +101,22 @@ def _rescaled(x: Tensor, scale: float) -> Tensor:
         return x
     if torch.jit.is_tracing():  # sizes are traced tensors: torch.round rounds half to even like round()
         size = [torch.round(side.double() * scale).clamp(min=1).long() for side in x.shape[-2:]]
+    elif torch.compiler.is_exporting():  # symbolic sizes: round() of a symbolic float has no ONNX form
+        size = [_rounded_product(side, scale) for side in x.shape[-2:]]
     else:
         size = [max(1, round(side * scale)) for side in x.shape[-2:]]
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _rounded_product(side: int, scale: float) -> int:
+    """``max(1, round(side * scale))``, rounding half to even, in integer arithmetic (exact for the dyadic
+    scales 0.25, 0.5, 1.5, 2 ...): with ``scale = p / q``, ``n = side p = f q + r``, the rounding adds 1 exactly
+    when ``2 r + (f mod 2) > q``, i.e. ``(2 r + f mod 2) // (q + 1)``."""
+    ratio = Fraction(scale).limit_denominator(1 << 16)
+    product = side * ratio.numerator
+    floor, remainder = product // ratio.denominator, product % ratio.denominator  # (divmod takes no SymInt)
+    rounded = floor + (2 * remainder + floor % 2) // (ratio.denominator + 1)
+    return torch.sym_max(rounded, 1)
 
 
 def _resized(x: Tensor, size: tuple[int, ...]) -> Tensor:

@@ -31,12 +31,13 @@ def pad_to_multiple(x: Tensor, multiple: int, mode: str = "constant", *, dims: i
     depth D of a volume) so that each is a multiple of ``multiple``.
 
     Returns the padded tensor and the original sizes, for ``crop_to`` afterwards. While being traced
-    (``torch.jit.trace``, ONNX export) the pad is always emitted, with widths computed from the traced
-    size (zero when it is already a multiple): a Python branch on the size would be frozen into the graph.
+    (``torch.jit.trace``, ``torch.export``: ONNX export) the pad is always emitted, with widths computed from
+    the traced size (zero when it is already a multiple): a Python branch on the size would be frozen into
+    the graph.
     """
     sizes = tuple(x.shape[-dims:])
     pads = [(-side) % multiple for side in sizes]
-    if torch.jit.is_tracing() or any(pads):
+    if torch.jit.is_tracing() or torch.compiler.is_exporting() or any(pads):
         x = F.pad(x, [width for pad in reversed(pads) for width in (0, pad)], mode=mode)
     return x, sizes
 

@@ -129,6 +129,23 @@ def set_aspp_rates(aspp: AtrousSpatialPyramidPooling, rates: Sequence[int]) -> N
     aspp.rates = tuple(rates)
 
 
+def adaptive_avg_pool2d(x: Tensor, bins: int) -> Tensor:
+    """``F.adaptive_avg_pool2d(x, bins)``. Under ``torch.export`` it is written out with PyTorch's bins — bin
+    ``i`` of ``n`` over a side ``L`` spans ``floor(i L / n)`` to ``ceil((i + 1) L / n)`` — so that the exported
+    graph computes them from the runtime size (the exporter's own decomposition keeps the traced size's)."""
+    if bins == 1 or not torch.compiler.is_exporting():
+        return F.adaptive_avg_pool2d(x, bins)
+    for axis in (x.dim() - 2, x.dim() - 1):
+        length = x.shape[axis]
+        means = []
+        for i in range(bins):
+            window = [slice(None)] * x.dim()
+            window[axis] = slice(i * length // bins, ((i + 1) * length + bins - 1) // bins)
+            means.append(x[tuple(window)].mean(axis, keepdim=True))
+        x = torch.cat(means, dim=axis)
+    return x
+
+
 class PyramidPoolingModule(nn.Module):
     """PSPNet's pyramid pooling: average-pool into each bin grid, 1x1 conv-BN-ReLU to ``in/len(bins)``
     channels, upsample bilinearly and concatenate with the input (output: ``2 * in_channels``)."""
@@ -143,7 +160,7 @@ class PyramidPoolingModule(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
-        pooled = [F.interpolate(stage(F.adaptive_avg_pool2d(x, bin_size)), size=size, mode="bilinear",
+        pooled = [F.interpolate(stage(adaptive_avg_pool2d(x, bin_size)), size=size, mode="bilinear",
                                 align_corners=True)
                   for bin_size, stage in zip(self.bins, self.stages, strict=True)]
         return torch.cat([x, *pooled], dim=1)

@@ -156,7 +156,17 @@ class TransposedConvUpsample(Upsample):
                                           bias=bias)
 
     def upsample(self, x: Tensor, indices: Tensor | None, size: tuple[int, ...]) -> Tensor:
+        if torch.compiler.is_exporting():  # output_size's range check would pin torch.export's symbolic sizes
+            return self._widest(x)[(..., *(slice(0, side) for side in size))]
         return self.conv(x, output_size=list(size))
+
+    def _widest(self, x: Tensor) -> Tensor:
+        """The transposed convolution at the largest output padding (stride - 1). Output padding only appends
+        rows (columns) at the end, so every size ``output_size`` may ask for is a prefix of this output."""
+        conv = self.conv
+        transposed = F.conv_transpose2d if self.dims == 2 else F.conv_transpose3d
+        return transposed(x, conv.weight, conv.bias, conv.stride, conv.padding, self.factor - 1, conv.groups,
+                          conv.dilation)
 
 
 class ResizeConvUpsample(Upsample):
