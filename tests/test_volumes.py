@@ -411,6 +411,8 @@ def test_predict_refuses_2d_only_options_for_volumetric_models(tmp_path) -> None
     np.save(tmp_path / "v.npy", np.zeros((8, 8, 8), np.float32))
     with pytest.raises(PixelsegError, match="--tile: not available for volumetric"):
         predict(run, tmp_path / "v.npy", tmp_path / "out", options=InferenceOptions(tile=8))
+    with pytest.raises(PixelsegError, match="--backend openvino: not available for volumetric"):
+        predict(run, tmp_path / "v.npy", tmp_path / "out", options=InferenceOptions(backend="openvino"))
 
 
 def test_vnet_exported_at_a_multiple_of_its_stride_still_pads_other_sizes(tmp_path) -> None:

@@ -53,7 +53,8 @@ class VolumePredictor(Predictor):
             unsupported = {"--refine": options.refine is not None,
                            "--optimize/--compile": inference.optimize or inference.compile,
                            "--tile": inference.tile is not None, "--tta-scales/--tta-flip": inference.uses_tta,
-                           "--stream": inference.stream, "--precision": inference.precision != "fp32"}
+                           "--stream": inference.stream, "--precision": inference.precision != "fp32",
+                           f"--backend {inference.backend}": inference.backend not in ("torch", "onnxruntime")}
         else:
             unsupported = {"--refine": options.refine is not None}
         named = [flag for flag, given in unsupported.items() if given]
