@@ -88,6 +88,19 @@ def assert_torchvision_detections(outputs: list[dict[str, torch.Tensor]], sizes:
             assert (output["scores"][:-1] >= output["scores"][1:]).all()
 
 
+def trains_then_detects(model: nn.Module, loss_names: set[str]) -> list[dict[str, torch.Tensor]]:
+    """Eight steps on two synthetic images cut the summed loss below 0.7 of the first; then, in eval mode,
+    the detections of one training image (64 x 64) and one unseen random image (48 x 80) in torchvision's
+    format (at most 20, 4 classes)."""
+    totals, images = detector_losses_over_steps(model, loss_names)
+    assert totals[-1] < 0.7 * totals[0]
+    model.eval()
+    with torch.no_grad():
+        outputs = model([images[0], torch.rand(3, 48, 80)])
+    assert_torchvision_detections(outputs, [(64, 64), (48, 80)], max_count=20, num_classes=4)
+    return outputs
+
+
 def assert_reloads_with_identical_detections(model: nn.Module, directory: Path,
                                              class_names: list[str]) -> dict[str, torch.Tensor]:
     """Save ``model`` (in eval mode) to ``directory``, load it back, and compare the detections of one

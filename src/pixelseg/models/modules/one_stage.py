@@ -36,22 +36,28 @@ def _out_channels(block: nn.Module) -> int:
     return [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
 
-def retina_pyramid(backbone: str, channels: int = 256, weights: str | None = None) -> BackboneWithFPN:
-    """``backbone`` with an FPN on C3-C5 plus P6, P7 (from P5): five levels "0"-"4", strides 8-128."""
+def _backbone_body(backbone: str, weights: str | None) -> nn.Module:
+    """The classification network whose stages feed a pyramid: MobileNetV3-Large's ``features`` or a ResNet
+    (from scratch BatchNorm learns; with ImageNet weights it is frozen, as the papers train)."""
     if backbone not in ONE_STAGE_BACKBONES:
         raise PixelsegError(f"unknown backbone '{backbone}' (choose from {', '.join(ONE_STAGE_BACKBONES)})")
     if backbone == "mobilenet_v3_large":
         body = mobilenet_v3_large(weights=None).features
-        if weights:
-            _load_backbone_weights(body, weights)
+    else:
+        build = {"resnet18": resnet18, "resnet50": resnet50, "resnet101": resnet101}[backbone]
+        body = build(weights=None, norm_layer=FrozenBatchNorm2d if weights else nn.BatchNorm2d)
+    if weights:
+        _load_backbone_weights(body, weights)
+    return body
+
+
+def retina_pyramid(backbone: str, channels: int = 256, weights: str | None = None) -> BackboneWithFPN:
+    """``backbone`` with an FPN on C3-C5 plus P6, P7 (from P5): five levels "0"-"4", strides 8-128."""
+    body = _backbone_body(backbone, weights)
+    if backbone == "mobilenet_v3_large":
         in_channels = [_out_channels(body[tap]) for tap in _MOBILENET_TAPS]
         return_layers = {str(tap): str(level) for level, tap in enumerate(_MOBILENET_TAPS)}
     else:
-        build = {"resnet18": resnet18, "resnet50": resnet50, "resnet101": resnet101}[backbone]
-        # From scratch BatchNorm learns; with ImageNet weights it is frozen, as both papers train.
-        body = build(weights=None, norm_layer=FrozenBatchNorm2d if weights else nn.BatchNorm2d)
-        if weights:
-            _load_backbone_weights(body, weights)
         width = 1 if backbone == "resnet18" else 4
         in_channels = [128 * width, 256 * width, 512 * width]
         return_layers = {"layer2": "0", "layer3": "1", "layer4": "2"}
@@ -87,23 +93,15 @@ def stride4_pyramid(backbone: str, channels: int = 256, weights: str | None = No
     Up to four levels come from an FPN on C2 .. C(num_levels + 1) (the backbone stops there); P6 and P7 from
     stride-2 convolutions on C5 (TensorMask's reference pyramid, detectron2's RetinaNet variant).
     """
-    if backbone not in ONE_STAGE_BACKBONES:
-        raise PixelsegError(f"unknown backbone '{backbone}' (choose from {', '.join(ONE_STAGE_BACKBONES)})")
     if not 1 <= num_levels <= 6:
         raise PixelsegError(f"num_levels counts the pyramid levels from P2 and must be 1-6 (P2-P7), got {num_levels}")
     taps = min(num_levels, 4)
+    body = _backbone_body(backbone, weights)
     if backbone == "mobilenet_v3_large":
-        body = mobilenet_v3_large(weights=None).features
-        if weights:
-            _load_backbone_weights(body, weights)
         blocks = [3, *_MOBILENET_TAPS][:taps]  # block 3 ends stride 4
         in_channels = [_out_channels(body[block]) for block in blocks]
         return_layers = {str(block): str(level) for level, block in enumerate(blocks)}
     else:
-        build = {"resnet18": resnet18, "resnet50": resnet50, "resnet101": resnet101}[backbone]
-        body = build(weights=None, norm_layer=FrozenBatchNorm2d if weights else nn.BatchNorm2d)
-        if weights:
-            _load_backbone_weights(body, weights)
         width = 1 if backbone == "resnet18" else 4
         in_channels = [64 * width * 2 ** k for k in range(taps)]
         return_layers = {f"layer{k + 1}": str(k) for k in range(taps)}
