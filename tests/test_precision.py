@@ -3,6 +3,7 @@ float32 equality rule against float64."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -195,3 +196,35 @@ def test_openvino_runs_the_same_int8_graph_when_installed(trained: Path, tmp_pat
             ours, theirs = runtimes["onnxruntime"](x).argmax(1), runtimes["openvino"](x).argmax(1)
             assert ours.shape == theirs.shape and int(theirs.max()) < 4  # labels, not agreement: barely trained
     assert quantize.fastest(runtimes, images[0])[0] in runtimes
+
+
+def test_a_runtime_that_fails_the_gate_is_left_out_while_another_passes(trained: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As OpenVINO's int8 on the CamVid U-Net (24 points below fp32, ONNX Runtime inside the gate): the graph is
+    written, the failing runtime is named and never timed, so ``--backend auto`` cannot pick it."""
+    real_runtimes = quantize.graph_runtimes
+
+    def fake_logits(images: torch.Tensor) -> torch.Tensor:  # a runtime that gets every label wrong
+        return torch.zeros(images.shape[0], 3, *images.shape[-2:])
+
+    def with_a_bad_runtime(*args, **kwargs):
+        runtimes, refused = real_runtimes(*args, **kwargs)
+        return {**runtimes, "broken": fake_logits}, refused
+
+    def measured(forward, *args, **kwargs) -> float:
+        return 60.0 if forward is fake_logits else 81.0
+
+    monkeypatch.setattr(quantize, "graph_runtimes", with_a_bad_runtime)
+    monkeypatch.setattr(quantize, "miou_points", measured)
+    target = tmp_path / "model.int8.onnx"
+    result = CliRunner().invoke(cli.app, ["export", str(trained), "--precision", "int8", "--calibration", "2",
+                                          "--out", str(target)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "left out: int8 (broken) mIoU 60.00 vs fp32 81.00" in text and target.is_file()
+    metadata = (tmp_path / "model.int8.onnx.json").read_text()
+    assert "broken" in metadata  # its gate is recorded ...
+    recorded = json.loads(metadata)
+    timed = {key for key, value in recorded.items() if isinstance(value, dict) and "onnxruntime" in value}
+    assert timed and all("broken" not in recorded[key] for key in timed)  # ... but it is never timed
+    assert recorded.get("fastest") != "broken"
