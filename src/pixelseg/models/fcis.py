@@ -71,7 +71,7 @@ from torchvision.ops import FrozenBatchNorm2d, batched_nms, box_iou, clip_boxes_
 
 from ..errors import PixelsegError, closest
 from .base import SavesPretrained
-from .modules.detection import check_rgb, class_names_or_default
+from .modules.detection import check_num_classes, check_rgb, class_names_or_default
 from .modules.roi_ops import boxes_to_rois, roi_align
 from .registry import register
 
@@ -342,8 +342,7 @@ class FCIS(SavesPretrained, nn.Module):
                  box_score_thresh: float = 0.05, box_nms_thresh: float = 0.3, box_detections_per_img: int = 100,
                  mask_voting: bool = True, vote_iou_thresh: float = 0.5) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise PixelsegError(f"num_classes counts the background and must be at least 2, got {num_classes}")
+        check_num_classes(num_classes)
         if group_size < 1 or mask_size < group_size:
             raise PixelsegError(f"need 1 <= group_size <= mask_size (every cell at least one mask bin), "
                                 f"got group_size={group_size}, mask_size={mask_size}")

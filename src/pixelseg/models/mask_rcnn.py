@@ -26,10 +26,10 @@ from typing import Any
 
 from torchvision.models.detection import MaskRCNN
 
-from ..errors import PixelsegError
 from .base import SavesPretrained
 from .modules.detection import (
     check_detector_keywords,
+    check_num_classes,
     check_rgb,
     class_names_or_default,
     feature_pyramid,
@@ -67,8 +67,7 @@ def build_mask_rcnn(
     ``detector_kwargs`` go to torchvision's ``MaskRCNN`` (e.g. ``rpn_post_nms_top_n_train``,
     ``box_batch_size_per_image``, ``box_detections_per_img``).
     """
-    if num_classes < 2:
-        raise PixelsegError(f"num_classes counts the background and must be at least 2, got {num_classes}")
+    check_num_classes(num_classes)
     check_detector_keywords(detector_kwargs, build_mask_rcnn, "Mask R-CNN")
     return PixelsegMaskRCNN(
         feature_pyramid(backbone, fpn_channels, backbone_weights, width_mult),

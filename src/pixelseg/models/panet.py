@@ -35,6 +35,7 @@ from .base import SavesPretrained
 from .modules.detection import (
     PYRAMID_LEVELS,
     check_detector_keywords,
+    check_num_classes,
     check_rgb,
     class_names_or_default,
     feature_pyramid,
@@ -171,8 +172,7 @@ def build_panet(
     2 x 1024 fc, mask head of 256 channels, RoIAlign 7 x 7 / 14 x 14, anchors 32-512 over P2-P6, images
     800 on the short side). ``detector_kwargs`` go to torchvision's ``MaskRCNN``.
     """
-    if num_classes < 2:
-        raise PixelsegError(f"num_classes counts the background and must be at least 2, got {num_classes}")
+    check_num_classes(num_classes)
     if mask_head_channels < 2:
         raise PixelsegError(f"mask_head_channels must be at least 2 (the fc path halves it), got {mask_head_channels}")
     check_detector_keywords(detector_kwargs, build_panet, "PANet")

@@ -47,6 +47,7 @@ from .base import SavesPretrained
 from .modules.detection import (
     PYRAMID_LEVELS,
     check_detector_keywords,
+    check_num_classes,
     check_rgb,
     class_names_or_default,
     feature_pyramid,
@@ -210,8 +211,7 @@ def panoptic_fpn(
     λ_s = 0.5, the fusion thresholds of the paper. ``detector_kwargs`` go to torchvision's ``MaskRCNN``.
     """
     check_rgb(in_channels, "panoptic_fpn")
-    if num_classes < 2:
-        raise PixelsegError(f"num_classes counts the background and must be at least 2, got {num_classes}")
+    check_num_classes(num_classes)
     if num_stuff_classes < 1:
         raise PixelsegError(f"num_stuff_classes must be at least 1, got {num_stuff_classes}")
     if not 0 <= overlap_threshold < 1 or not 0 <= stuff_area_fraction < 1 or semantic_loss_weight < 0:

@@ -35,7 +35,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import batched_nms, sigmoid_focal_loss
 
 from ..errors import PixelsegError
-from .modules.detection import check_rgb, class_names_or_default
+from .modules.detection import check_num_classes, check_rgb, class_names_or_default
 from .modules.one_stage import (
     PYRAMID_STRIDES,
     OneStageInstanceModel,
@@ -181,8 +181,7 @@ class PolarMask(OneStageInstanceModel):
                  regress_ranges: tuple[float, ...] = (64, 128, 256, 512), center_radius: float = 1.5,
                  score_threshold: float = 0.05, pre_nms_top_n: int = 1000, nms_threshold: float = 0.5,
                  detections_per_image: int = 100) -> None:
-        if num_classes < 2:
-            raise PixelsegError(f"num_classes counts the background and must be at least 2, got {num_classes}")
+        check_num_classes(num_classes)
         if len(regress_ranges) != len(PYRAMID_STRIDES) - 1:
             raise PixelsegError(f"regress_ranges needs the 4 bounds between P3-P7, got {list(regress_ranges)}")
         transform = GeneralizedRCNNTransform(min_size, max_size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])

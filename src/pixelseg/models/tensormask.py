@@ -69,7 +69,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import batched_nms, roi_align
 
 from ..errors import PixelsegError, closest
-from .modules.detection import check_rgb, class_names_or_default
+from .modules.detection import check_num_classes, check_rgb, class_names_or_default
 from .modules.one_stage import OneStageInstanceModel, Target, empty_detections, stride4_pyramid
 from .registry import register
 
@@ -306,8 +306,7 @@ class TensorMask(OneStageInstanceModel):
                  mask_positive_weight: float = 1.5, mask_fill: float = -6.0, score_threshold: float = 0.05,
                  candidates_per_level: int = 1000, nms_threshold: float = 0.5,
                  detections_per_image: int = 100) -> None:
-        if num_classes < 2:
-            raise PixelsegError(f"num_classes counts the background and must be at least 2, got {num_classes}")
+        check_num_classes(num_classes)
         if not window_sizes or any(int(s) != s or s < 1 or s % 2 == 0 for s in window_sizes):
             raise PixelsegError(f"window_sizes must be odd cell counts (a window centred on a pixel), got "
                                 f"{list(window_sizes)}")

@@ -36,7 +36,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_iou
 
 from ..errors import PixelsegError
-from .modules.detection import check_rgb, class_names_or_default
+from .modules.detection import check_num_classes, check_rgb, class_names_or_default
 from .modules.one_stage import (
     PYRAMID_STRIDES,
     OneStageInstanceModel,
@@ -134,8 +134,7 @@ class YOLACT(OneStageInstanceModel):
                  box_weight: float = 1.5, mask_weight: float = 6.125, negatives_per_positive: int = 3,
                  score_threshold: float = 0.05, nms_threshold: float = 0.5, nms_top_k: int = 200,
                  detections_per_image: int = 100, masks_to_train: int = 100) -> None:
-        if num_classes < 2:
-            raise PixelsegError(f"num_classes counts the background and must be at least 2, got {num_classes}")
+        check_num_classes(num_classes)
         if len(anchor_sizes) != len(PYRAMID_STRIDES):
             raise PixelsegError(f"anchor_sizes needs one size per level (P3-P7: 5), got {list(anchor_sizes)}")
         transform = GeneralizedRCNNTransform(min_size, max_size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225],

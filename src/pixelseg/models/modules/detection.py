@@ -134,6 +134,12 @@ def check_rgb(in_channels: int, name: str) -> None:
         raise PixelsegError(f"model '{name}' takes RGB images (in_channels=3), not {in_channels} channels")
 
 
+def check_num_classes(num_classes: int) -> None:
+    """Detectors count the background as class 0, so at least one object class makes two."""
+    if num_classes < 2:
+        raise PixelsegError(f"num_classes counts the background and must be at least 2, got {num_classes}")
+
+
 def class_names_or_default(class_names: list[str] | None, num_classes: int) -> list[str]:
     """``class_names`` (background first), or ``background, class_1, ...`` when none are given."""
     names = list(class_names) if class_names else ["background"] + [f"class_{k}" for k in range(1, num_classes)]
