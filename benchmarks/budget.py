@@ -7,6 +7,7 @@ killed at the end of a session still counts, and summed over resumptions) and it
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -19,17 +20,26 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class Ledger(dict):
-    """A JSON dict written atomically after every change the caller saves."""
+    """A JSON dict written atomically after every change the caller saves. With ``owned`` (the keys this
+    process writes), several runners can share one file: each save re-reads it under a lock and replaces
+    only the owned entries."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, owned: set[str] | None = None) -> None:
         super().__init__(json.loads(path.read_text()) if path.is_file() else {})
         self.path = path
+        self.owned = owned
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self, indent=1))
-        temporary.replace(self.path)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            contents = dict(self)
+            if self.owned is not None and self.path.is_file():
+                on_disk = json.loads(self.path.read_text())
+                contents = {**on_disk, **{key: value for key, value in self.items() if key in self.owned}}
+            temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(contents, indent=1))
+            temporary.replace(self.path)
 
 
 def seconds_per_step(config_path: Path, overrides: list[str] = (), repeats: int = 5) -> float:

@@ -208,6 +208,15 @@ def test_batch_norms_after_transposed_convolutions_are_folded_before_torch_expor
     assert isinstance(module.norm[0], nn.BatchNorm2d)  # the module itself is left as it was
 
 
+def test_a_timm_encoder_unet_exports_through_torch_export_at_any_size(tmp_path: Path) -> None:
+    """Which decoder step has a skip is decided when the model is built: a comparison of traced sizes in
+    forward() was a data-dependent guard that made torch.export fail and the export fall back to TorchScript."""
+    pytest.importorskip("onnxscript")
+    model = _with_random_statistics(pixelseg.create_model("unet", num_classes=3, encoder="test_resnet"))
+    report = export_onnx(model, tmp_path / "unet.onnx", in_channels=3, check_sizes=((97, 45), (32, 33)))
+    assert report.exporter == "dynamo" and not report.notes
+
+
 def test_hmsa_rescaled_size_rounds_half_to_even_like_python_in_integer_arithmetic() -> None:
     for scale in (0.25, 0.5, 0.75, 1.5, 2.0, 1 / 3):
         assert [_rounded_product(side, scale) for side in range(1, 600)] == \

@@ -6,6 +6,8 @@ and the scores).
     .venv/bin/python benchmarks/reproduce/camvid.py [--budget-minutes 47] [--only unet_r18 ...] [--calibrate]
     .venv/bin/python benchmarks/reproduce/camvid.py --table        # the RESULTS.md tables from the ledger
 
+Two runners with disjoint ``--only`` lists may run at once (one per core): they share the ledger safely.
+
 Budget: the CPU time of the optimizer steps (``benchmarks/budget.py``): each model's seconds per step are
 measured first (one thread, real augmented batches) and ``train.steps`` is set so that the steps fill the
 budget; the poly schedule then ends at the budget. ``unet_r18_bf16`` is the U-Net again in bf16 autocast with
@@ -68,9 +70,10 @@ def main() -> None:
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--calibrate", action="store_true", help="only measure every model's seconds per step")
     args = parser.parse_args()
-    ledger = Ledger(RUNS / "ledger.json")
+    names = args.only or MODELS
+    ledger = Ledger(RUNS / "ledger.json", owned=None if args.table else set(names))
     if not args.table:
-        for name in args.only or MODELS:
+        for name in names:
             if args.calibrate:
                 calibrate(ledger, name, CONFIGS / f"{name}.yaml", args.budget_minutes)
             else:

@@ -58,8 +58,10 @@ class Up(nn.Module):
         self.conv = DoubleConv(out_channels + skip_channels, out_channels, padding=padding,
                                batch_norm=batch_norm)
 
-    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+    def forward(self, x: Tensor, skip: Tensor | None) -> Tensor:
         x = self.up(x)
+        if skip is None:  # a decoder step below the encoder's first stride has nothing to concatenate
+            return self.conv(x)
         skip = center_crop_to(skip, tuple(x.shape[-2:]))
         return self.conv(torch.cat([skip, x], dim=1))
 
@@ -158,6 +160,7 @@ class EncoderUNet(SegmentationModel):
         skips = list(reversed(channels[:-1]))
         skip_reductions = list(reversed(reductions[:-1]))
         blocks, previous, reduction = [], channels[-1], reductions[-1]
+        self.skip_of_block: list[bool] = []  # decided here from the reductions, never from traced sizes
         for i, out_channels in enumerate(decoder_channels):
             reduction //= 2
             if reduction < 1:
@@ -165,8 +168,9 @@ class EncoderUNet(SegmentationModel):
             has_skip = i < len(skips) and skip_reductions[i] == reduction
             blocks.append(Up(previous, skips[i] if has_skip else 0, out_channels, padding=1, batch_norm=True,
                              upsampling=upsampling))
+            self.skip_of_block.append(has_skip)
             previous = out_channels
-        self.skip_count = min(len(skips), len(blocks))
+        self.output_reduction = reduction if blocks else reductions[-1]
         self.decoder = nn.ModuleList(blocks)
         self.head = nn.Conv2d(previous, num_classes, kernel_size=3, padding=1)
 
@@ -175,12 +179,10 @@ class EncoderUNet(SegmentationModel):
         features = self.encoder(x)
         y = features[-1]
         skips = list(reversed(features[:-1]))
-        for i, block in enumerate(self.decoder):
-            skip = skips[i] if i < len(skips) and skips[i].shape[-1] == 2 * y.shape[-1] else y.new_zeros(
-                y.shape[0], 0, 2 * y.shape[-2], 2 * y.shape[-1])
-            y = block(y, skip)
+        for i, (block, has_skip) in enumerate(zip(self.decoder, self.skip_of_block, strict=True)):
+            y = block(y, skips[i] if has_skip else None)
         logits = self.head(y)
-        if logits.shape[-2:] != x.shape[-2:]:
+        if self.output_reduction > 1:  # fewer decoder blocks than the encoder's reductions
             logits = nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return crop_to(logits, size)
 
