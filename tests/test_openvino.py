@@ -160,3 +160,18 @@ def test_backend_options_are_checked_in_one_line() -> None:
         InferenceOptions(backend="auto", optimize=True).check()
     assert InferenceOptions(precision="int8").runtime == "auto"
     assert InferenceOptions(precision="fp32").runtime == "torch"
+
+
+def test_fp32_export_is_timed_on_the_training_images_when_at_hand_else_on_random_ones(saved: Path,
+                                                                                    tmp_path: Path) -> None:
+    """So that an fp32 export's timings compare with its bf16 and int8 exports' (same images)."""
+    pytest.importorskip("openvino")
+    with_data = Path(shutil.copytree(saved, tmp_path / "with_data"))
+    export_with_precision(with_data, with_data / "model.onnx", precision="fp32", calibration=3)
+    assert json.loads(metadata_path(with_data / "model.onnx").read_text())["timed_on"].startswith("3 train image")
+    without = Path(shutil.copytree(saved, tmp_path / "without"))
+    config = json.loads((without / "config.json").read_text())
+    config["data"]["dataset"] = {**config["data"]["dataset"], "name": "folder", "root": str(tmp_path / "gone")}
+    (without / "config.json").write_text(json.dumps(config))
+    export_with_precision(without, without / "model.onnx", precision="fp32")
+    assert json.loads(metadata_path(without / "model.onnx").read_text())["timed_on"].startswith("2 random image")

@@ -279,6 +279,20 @@ BF16_NOTE = ("the graph written is float32: bf16 runs as eager autocast (pixelse
 TIMING_SIDE = 256  # fp32 exports are timed on random images of about this side (no data needed)
 
 
+def _fp32_timing_images(model: nn.Module, model_dir: Path, in_channels: int, count: int
+                        ) -> tuple[list[Tensor], str]:
+    """The images an fp32 export is timed on: those of its training split when the dataset is at hand (so
+    that its timings compare with the bf16 and int8 exports'), else random ones (fp32 needs no data)."""
+    try:
+        config, info = saved_data(model, model_dir)
+        images = split_images(config, info, config.train_split, max(count, 1))
+        if images:
+            return images, f"{config.train_split} image(s)"
+    except (PixelsegError, OSError):
+        pass
+    return [torch.randn(1, in_channels, *sample_size(model, TIMING_SIDE)) for _ in range(2)], "random image(s)"
+
+
 def export_with_precision(model_path: str | Path, out: str | Path, *, precision: str = "fp32",
                           format: str = "onnx", opset: int | None = None, calibration: int = CALIBRATION_IMAGES,
                           accept_drop: bool = False, limit: int | None = None) -> ExportReport:
@@ -290,7 +304,8 @@ def export_with_precision(model_path: str | Path, out: str | Path, *, precision:
     drop unless ``accept_drop``.
 
     The metadata records each runtime's CPU time per image at 1 thread (int8: always, on the calibration
-    images; bf16: on them, fp32: on random images, when OpenVINO offers a second runtime) and the fastest,
+    images; bf16: on them; fp32: on them when the dataset is at hand, else on random images, when OpenVINO
+    offers a second runtime) and the fastest,
     which ``pixelseg predict --backend auto`` runs."""
     check_precision(precision)
     opset = opset or OPSET
@@ -307,8 +322,8 @@ def export_with_precision(model_path: str | Path, out: str | Path, *, precision:
         if openvino_backend.openvino_available():
             runtimes, refused = graph_runtimes(out, model, precision="fp32", threads=1, name=name)
             report.notes += refused
-            images = [torch.randn(1, in_channels, *sample_size(model, TIMING_SIDE)) for _ in range(2)]
-            _record_timing(report, runtimes, images, "random image(s)")
+            images, what = _fp32_timing_images(model, model_dir, in_channels, calibration)
+            _record_timing(report, runtimes, images, what)
         write_metadata(report)
         return report
     config, info = saved_data(model, model_dir)
@@ -331,8 +346,8 @@ def export_with_precision(model_path: str | Path, out: str | Path, *, precision:
             gates = measure_gates(model, candidates, precision, config, info, limit=limit)
             passing = [gate for gate in gates if gate.passed]
             # A runtime that fails the gate is left out (``auto`` never picks it) while another passes; the export
-            # is refused only when none does. E.g. a U-Net's int8 graph: ONNX Runtime inside the gate, OpenVINO
-            # 24 points below fp32 (benchmarks/RESULTS.md, CamVid).
+            # is refused only when none does. E.g. the TorchScript exporter's graph of a U-Net in int8: ONNX Runtime
+            # inside the gate, OpenVINO 24 points below fp32 at dynamic sizes (benchmarks/RESULTS.md, CamVid).
             enforce(gates if not passing else [], accept_drop=accept_drop, name=name)
             if passing and not accept_drop:
                 candidates = {gate.backend: candidates[gate.backend] for gate in passing}
