@@ -4,6 +4,7 @@ float32 equality rule against float64."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pixelseg
 from pixelseg import cli
 from pixelseg.data.build import build_data
 from pixelseg.data.config import DataConfig
+from pixelseg.engine.evaluate import evaluate
 from pixelseg.errors import PixelsegError
 from pixelseg.inference import openvino_backend, quantize
 from pixelseg.inference.export import OnnxRuntimeModel, export_onnx, within_float32_error
@@ -228,3 +230,27 @@ def test_a_runtime_that_fails_the_gate_is_left_out_while_another_passes(trained:
     timed = {key for key, value in recorded.items() if isinstance(value, dict) and "onnxruntime" in value}
     assert timed and all("broken" not in recorded[key] for key in timed)  # ... but it is never timed
     assert recorded.get("fastest") != "broken"
+
+
+def test_evaluate_scores_the_int8_graph_as_its_export_gate_measured_it(trained: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pixelseg evaluate --precision int8 --backend onnxruntime` runs the graph next to the model and scores
+    the same validation split as the export's gate (a different code path: quantize.miou_points)."""
+    monkeypatch.setattr(openvino_backend, "openvino_available", lambda: False)
+    model_dir = Path(shutil.copytree(trained, tmp_path / "model"))
+    export_with_precision(model_dir, model_dir / "model.int8.onnx", precision="int8", calibration=8,
+                          accept_drop=True)
+    gate = json.loads((model_dir / "model.int8.onnx.json").read_text())["gates"][0]
+    out = tmp_path / "scores.json"
+    result = CliRunner().invoke(cli.app, ["evaluate", str(model_dir), "--precision", "int8", "--backend",
+                                          "onnxruntime", "--no-report", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "int8 on onnxruntime" in result.output
+    scores = json.loads(out.read_text())
+    assert scores["precision"] == "int8" and scores["backend"] == "onnxruntime"
+    assert 100 * scores["mean_iou"] == pytest.approx(gate["miou"], abs=1e-3)
+    fp32 = evaluate(model_dir)
+    assert (fp32["precision"], fp32["backend"]) == ("fp32", "torch")
+    assert 100 * fp32["mean_iou"] == pytest.approx(gate["miou_fp32"], abs=1e-3)
+    result = CliRunner().invoke(cli.app, ["evaluate", str(model_dir), "--precision", "int4", "--no-report"])
+    assert result.exit_code != 0 and "int4" in result.output and "Traceback" not in result.output

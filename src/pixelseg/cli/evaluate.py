@@ -13,7 +13,9 @@ from .base import SetOption, friendly, is_main_process, out
 
 def print_scores(scores: dict[str, Any]) -> None:
     """Per-class table and means for pixel scores; one line per figure for the others (e.g. COCO AP)."""
-    title = f"{scores['model']} on {scores['split']} ({scores['images']} images)"
+    runtime = "" if scores.get("precision", "fp32") == "fp32" and scores.get("backend", "torch") == "torch" else \
+        f"; {scores['precision']} on {scores['backend']}"
+    title = f"{scores['model']} on {scores['split']} ({scores['images']} images{runtime})"
     if "iou_per_class" in scores:
         table = Table(title=title)
         for column in ("class", "IoU", "Dice", "accuracy"):
@@ -29,7 +31,7 @@ def print_scores(scores: dict[str, Any]) -> None:
                 out.print(f"{key:>24}: {scores[key]:.6f}")
         return
     out.print(title)
-    skip = {"model", "task", "split", "images", "classes", "tta", "report", "report_error"}
+    skip = {"model", "task", "split", "images", "classes", "tta", "report", "report_error", "precision", "backend"}
     for key, value in scores.items():
         if key not in skip and isinstance(value, float):
             out.print(f"{key:>24}: {value:.4f}")
@@ -66,6 +68,10 @@ def register(app: typer.Typer) -> None:
                  no_report: Annotated[bool, typer.Option("--no-report", help="write no report")] = False,
                  refine: Annotated[str | None, typer.Option(
                      help="'crf': the dense CRF after the model (DeepLab's CRF rows)")] = None,
+                 precision: Annotated[str, typer.Option(
+                     help="fp32, bf16 or int8: score what `pixelseg predict --precision` runs")] = "fp32",
+                 backend: Annotated[str | None, typer.Option(
+                     help="torch, onnxruntime, openvino or auto (default: torch; auto for int8)")] = None,
                  device: str = "cpu") -> None:
         """Score a saved model on its dataset: PA, MPA, IoU/mIoU, fwIoU, Dice (semantic, volumetric) or COCO
         box and mask AP (instance); optionally with TTA. Writes an HTML and Markdown report (per-class table,
@@ -83,7 +89,8 @@ def register(app: typer.Typer) -> None:
 
             raise PixelsegError("--report DIR and --no-report contradict each other: give one")
         scores = run_evaluation(model, split=split, data_overrides=overrides, device=device, tta_scales=scales,
-                                tta_flip=tta_flip, report=False if no_report else report or True, refine=refine)
+                                tta_flip=tta_flip, report=False if no_report else report or True, refine=refine,
+                                precision=precision, backend=backend)
         if not is_main_process():  # under torchrun every process holds the same scores: rank 0 reports them
             return
         print_scores(scores)

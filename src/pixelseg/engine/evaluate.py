@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from ..data.build import build_eval_dataset, collate_for
 from ..data.config import DataConfig
 from ..errors import PixelsegError
+from ..inference.runner import InferenceOptions, build_runner
 from ..inference.tta import TestTimeAugmented, check_scales
 from ..io.checkpoint import atomic_write_bytes
 from ..io.config import build_typed
@@ -56,7 +57,7 @@ def saved_data_config(model: nn.Module, model_dir: Path) -> DataConfig:
 def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides: dict[str, Any] | None = None,
              device: str = "cpu", batch_size: int = 1, tta_scales: Sequence[float] | None = None,
              tta_flip: bool = False, report: bool | str | Path = False, report_samples: int = 4,
-             refine: str | None = None) -> dict[str, Any]:
+             refine: str | None = None, precision: str = "fp32", backend: str | None = None) -> dict[str, Any]:
     """Scores of a saved model on ``split`` (default: the validation split of its dataset).
 
     ``tta_scales``/``tta_flip`` average logits over scales and flips (``pixelseg.inference.tta``) for the
@@ -65,13 +66,16 @@ def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides
     folder's, when it is not in a run folder), a path writes it there; ``scores["report"]`` names the page
     (``scores["report_error"]`` says why, when it could not be written).
     ``report_samples``: how many best and how many worst images it shows.
+    ``precision``/``backend`` (semantic models): score what ``pixelseg predict`` with the same options runs —
+    bf16 autocast, the int8 graph, ONNX Runtime or OpenVINO (``pixelseg.inference.runner``); the default is eager
+    fp32 (int8 defaults to ``auto``: the runtime its export timed fastest).
     """
     model_dir = resolve_model_dir(model_path)
     group, chosen = init_distributed(device)
     report_dir = None if report is False else default_report_dir(model_dir) if report is True else Path(report)
     try:
         return _evaluate(model_dir, split, data_overrides, chosen, batch_size, tta_scales, tta_flip, group,
-                         report_dir, report_samples, refine)
+                         report_dir, report_samples, refine, precision, backend)
     finally:
         shutdown(group)
 
@@ -89,7 +93,7 @@ def default_report_dir(model_dir: Path) -> Path:
 def _evaluate(model_dir: Path, split: str | None, data_overrides: dict[str, Any] | None, device: torch.device,
               batch_size: int, tta_scales: Sequence[float] | None, tta_flip: bool,
               group: ProcessGroup, report_dir: Path | None = None, report_samples: int = 4,
-              refine: str | None = None) -> dict[str, Any]:
+              refine: str | None = None, precision: str = "fp32", backend: str | None = None) -> dict[str, Any]:
     model = from_pretrained(model_dir).to(device).eval()
     task = task_of(model)
     if refine is not None:  # --refine crf: the dense CRF after any semantic model, as a saved model.refine
@@ -112,12 +116,22 @@ def _evaluate(model_dir: Path, split: str | None, data_overrides: dict[str, Any]
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
                         collate_fn=collate_for(data_config))
     tta = {"scales": list(check_scales(tta_scales if tta_scales is not None else (1.0,))), "flip": tta_flip}
-    forward = TestTimeAugmented(model, tta["scales"], tta_flip) if tta_scales is not None or tta_flip else model
+    runtime = {"precision": precision, "backend": backend or ("auto" if precision == "int8" else "torch")}
+    if runtime != {"precision": "fp32", "backend": "torch"}:  # what `pixelseg predict` runs with these options
+        if task.name != "semantic" or device.type != "cpu":
+            raise PixelsegError(f"--precision/--backend: only semantic models on the CPU ({task.name} on "
+                                f"{device.type} is scored in eager fp32)")
+        options = InferenceOptions(backend=runtime["backend"], precision=precision, tta_scales=tta_scales,
+                                   tta_flip=tta_flip)
+        options.check()
+        forward = build_runner(model, model_dir, options)
+    else:
+        forward = TestTimeAugmented(model, tta["scales"], tta_flip) if tta_scales is not None or tta_flip else model
     forward = task.inference_forward(model, forward, info)
     if report_dir is None:
         scores = evaluate_model(task, model, loader, info, device, forward=forward)
         return {"model": str(model_dir), "task": task.name, "split": split, "images": len(dataset),
-                "classes": list(info.classes), "tta": tta, **scores}
+                "classes": list(info.classes), "tta": tta, **runtime, **scores}
     evaluator = task.evaluator(info)
     recorder = PerImageScores(evaluator, list(sampler) if sampler is not None else range(len(dataset)),
                               info.num_classes, info.ignore_index)
@@ -126,7 +140,7 @@ def _evaluate(model_dir: Path, split: str | None, data_overrides: dict[str, Any]
             task.evaluate_batch(forward, batch, recorder, device)
     recorder.all_reduce()
     result = {"model": str(model_dir), "task": task.name, "split": split, "images": len(dataset),
-              "classes": list(info.classes), "tta": tta, **recorder.compute()}
+              "classes": list(info.classes), "tta": tta, **runtime, **recorder.compute()}
     if group.rank == 0:
         collate = collate_for(data_config) or torch.utils.data.default_collate
 
