@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
+from PIL import Image
 from torch import nn
 
 from pixelseg.data.instances import SyntheticInstances, collate_detection
@@ -142,3 +144,9 @@ def run_cli(*args: object) -> str:
     result = CliRunner().invoke(cli.app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def predicted_labels(image: Path, model_dir: Path, out: Path, *options: str) -> np.ndarray:
+    """``pixelseg predict IMAGE --model MODEL_DIR --out OUT *options`` (:func:`run_cli`): the labels it wrote."""
+    run_cli("predict", image, "--model", model_dir, "--out", out, *options)
+    return np.array(Image.open(out / f"{image.stem}.png"))

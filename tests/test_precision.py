@@ -13,6 +13,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import predicted_labels
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
@@ -109,12 +110,8 @@ def test_bf16_autocast_runs_in_bfloat16_and_keeps_the_labels(trained: Path) -> N
 def test_predict_writes_bf16_and_int8_labels_close_to_fp32(trained: Path, tmp_path: Path) -> None:
     image = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
     Image.fromarray(image).save(tmp_path / "in.png")
-    labels = {}
-    for precision in ("fp32", "bf16", "int8"):
-        result = CliRunner().invoke(cli.app, ["predict", str(tmp_path / "in.png"), "--model", str(trained),
-                                              "--out", str(tmp_path / precision), "--precision", precision])
-        assert result.exit_code == 0, result.output
-        labels[precision] = np.array(Image.open(tmp_path / precision / "in.png"))
+    labels = {precision: predicted_labels(tmp_path / "in.png", trained, tmp_path / precision, "--precision",
+                                          precision) for precision in ("fp32", "bf16", "int8")}
     for precision in ("bf16", "int8"):
         assert (labels[precision] == labels["fp32"]).mean() > 0.97, precision
 

@@ -22,7 +22,7 @@ from ..data.build import build_eval_dataset, collate_for
 from ..data.config import DataConfig
 from ..errors import PixelsegError
 from ..inference.runner import InferenceOptions, build_runner
-from ..inference.tta import TestTimeAugmented, check_scales
+from ..inference.tta import check_scales
 from ..io.checkpoint import atomic_write_bytes
 from ..io.config import build_typed
 from ..io.saved_model import resolve_model_dir
@@ -116,17 +116,16 @@ def _evaluate(model_dir: Path, split: str | None, data_overrides: dict[str, Any]
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
                         collate_fn=collate_for(data_config))
     tta = {"scales": list(check_scales(tta_scales if tta_scales is not None else (1.0,))), "flip": tta_flip}
-    runtime = {"precision": precision, "backend": backend or ("auto" if precision == "int8" else "torch")}
-    if runtime != {"precision": "fp32", "backend": "torch"}:  # what `pixelseg predict` runs with these options
-        if task.name != "semantic" or device.type != "cpu":
-            raise PixelsegError(f"--precision/--backend: only semantic models on the CPU ({task.name} on "
-                                f"{device.type} is scored in eager fp32)")
-        options = InferenceOptions(backend=runtime["backend"], precision=precision, tta_scales=tta_scales,
-                                   tta_flip=tta_flip)
-        options.check()
-        forward = build_runner(model, model_dir, options)
-    else:
-        forward = TestTimeAugmented(model, tta["scales"], tta_flip) if tta_scales is not None or tta_flip else model
+    # The same runner as `pixelseg predict` with these options: eager fp32 (+ TTA) by default; bf16, the int8
+    # graph or a runtime when asked (InferenceOptions.runtime: int8 runs "auto" unless a runtime is named)
+    options = InferenceOptions(backend=backend or "torch", precision=precision, tta_scales=tta_scales,
+                               tta_flip=tta_flip)
+    options.check()
+    runtime = {"precision": precision, "backend": options.runtime}
+    if runtime != {"precision": "fp32", "backend": "torch"} and (task.name != "semantic" or device.type != "cpu"):
+        raise PixelsegError(f"--precision/--backend: only semantic models on the CPU ({task.name} on "
+                            f"{device.type} is scored in eager fp32)")
+    forward = build_runner(model, model_dir, options, str(device))
     forward = task.inference_forward(model, forward, info)
     if report_dir is None:
         scores = evaluate_model(task, model, loader, info, device, forward=forward)
