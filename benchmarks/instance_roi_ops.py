@@ -7,7 +7,7 @@ implementations take turns (ours, torchvision, ours, ...) for ``--repeats`` roun
 clock is this process's CPU time (``time.process_time``); prints the medians and the ratio ours /
 torchvision (above 1: we are slower), plus the largest difference of the outputs.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/instance_roi_ops.py [--repeats 5] [--threads 1]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/instance_roi_ops.py [--repeats 5] [--threads 1] [--only RoIPool]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
@@ -60,7 +61,7 @@ def main() -> None:
     print(f"threads={args.threads} repeats={args.repeats} map={tuple(features.shape)} "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'case':36s} {'pass':16s} {'ours ms':>9s} {'tv ms':>9s} {'ratio':>6s} {'max |diff|':>11s}")
-    for name, ours, reference, rois, kwargs in cases:
+    for name, ours, reference, rois, kwargs in [case for case in cases if args.only in case[0]]:
         diff = (ours(features, rois, **kwargs) - reference(features, rois, **kwargs)).abs().max().item()
         leaf = features.clone().requires_grad_(True)
         for label, run_ours, run_ref in (

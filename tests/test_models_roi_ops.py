@@ -197,6 +197,17 @@ def test_roi_pool_equals_torchvision_in_values_and_gradients(seed):
     torch.testing.assert_close(our_grad, ref_grad, rtol=0, atol=1e-5)
 
 
+def test_roi_pool_bins_of_more_than_255_pixels_send_the_gradient_to_their_maximum():
+    # One 1x1 bin over a 24x24 window: 576 reads per bin, past the uint8 slot counter of the argmax.
+    features = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(5))
+    rois = torch.tensor([[1, 0.0, 0.0, 23.0, 23.0], [0, 2.0, 3.0, 20.0, 22.0]])
+    ours, our_grad = values_and_gradient(roi_pool, features, rois, output_size=1)
+    ref, ref_grad = values_and_gradient(tv_ops.roi_pool, features, rois, output_size=1)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    torch.testing.assert_close(our_grad, ref_grad, rtol=0, atol=0)
+    assert int((our_grad != 0).sum()) == 6  # one input per bin and channel
+
+
 def test_roi_pool_rounds_half_pixel_boxes_away_from_zero_like_torchvision():
     features = torch.arange(64.0).view(1, 1, 8, 8)
     rois = torch.tensor([[0, 0.5, 1.5, 2.5, 4.5], [0, 2.5, 0.5, 6.5, 3.5]])
