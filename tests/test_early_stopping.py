@@ -140,6 +140,48 @@ def test_the_count_survives_resume_exactly(tmp_path: Path, monkeypatch: pytest.M
     assert [int(r["step"]) for r in log_rows(interrupted)] == [2, 4, 6, 8, 10]
 
 
+def test_resuming_with_another_monitor_judges_the_logged_validations_by_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    # mean_iou peaks at the 1st validation; pixel_error (lower is better) keeps improving until the 3rd.
+    scores = [{"mean_iou": 0.5, "pixel_error": 0.3}, {"mean_iou": 0.4, "pixel_error": 0.2},
+              {"mean_iou": 0.45, "pixel_error": 0.1}, {"mean_iou": 0.3, "pixel_error": 0.15}]
+    calls: list[int] = []
+
+    def evaluate_model(*args, **kwargs):
+        calls.append(1)
+        return scores[min(len(calls), len(scores)) - 1]
+
+    monkeypatch.setattr(train_module, "evaluate_model", evaluate_model)
+    config = tiny_config(tmp_path, epochs=3, early_stop_patience=3)
+    run = train(config_from_dict(config), quiet=True)
+    info = state_info(run)
+    assert (info["best"], info["stale_validations"], info["monitor"]) == (0.5, 2, "mean_iou")
+
+    # Judged by mean_iou the run has 2 stale validations, one more would stop it; by pixel_error it has none.
+    config["train"].update(epochs=4, monitor="pixel_error")
+    train(config_from_dict(config), resume=True, quiet=True)
+    assert "train.monitor pixel_error (min) replaces mean_iou (max): best 0.1 and 0 validations" \
+        in capsys.readouterr().err
+    info = state_info(run)
+    assert (info["best"], info["stale_validations"], info["monitor"]) == (0.1, 1, "pixel_error")
+    assert [int(r["step"]) for r in log_rows(run)] == [2, 4, 6, 8]
+    # best/ keeps the mean_iou choice (step 2): the 4th validation did not better pixel_error's 0.1.
+    assert json.loads((run / "best" / "metrics.json").read_text())["step"] == 2
+
+    # An older checkpoint without the monitor in it: the figures decide, and the same monitor changes nothing.
+    info.pop("monitor"), info.pop("monitor_mode")
+    trainer = train_module.Trainer.__new__(train_module.Trainer)
+    trainer.monitor, trainer.monitor_mode, trainer.best, trainer.stale_validations = "pixel_error", "min", 0.1, 1
+    trainer.history, trainer.group = info["history"], type("Group", (), {"is_main": True})()
+    trainer._judge_history_again_if_the_monitor_changed(info)
+    assert (trainer.best, trainer.stale_validations) == (0.1, 1)
+    assert "replaces" not in capsys.readouterr().err
+
+    config["train"]["monitor"] = "rand_error"
+    with pytest.raises(PixelsegError, match="train.monitor 'rand_error' was not logged"):
+        train(config_from_dict(config), resume=True, quiet=True)
+
+
 def test_constant_schedule_keeps_the_rate_after_its_warm_up(tmp_path: Path) -> None:
     values = tiny_config(tmp_path)
     values["optim"] = {"name": "sgd", "lr": 0.01, "momentum": 0.99, "schedule": "constant"}

@@ -286,7 +286,8 @@ def test_the_paper_config_loads_and_builds_the_31_million_parameter_unet() -> No
     assert config.data.elastic_sigma == 10.0 and config.data.hflip and config.data.vflip and config.data.rotate90
     assert (config.optim.name, config.optim.momentum, config.optim.schedule) == ("sgd", 0.99, "constant")
     assert (config.train.weight_map.w0, config.train.weight_map.sigma) == (10.0, 5.0)
-    assert config.train.monitor == "pixel_error" and monitor_mode("pixel_error", config.train.monitor_mode) == "min"
+    assert config.train.monitor == "pixel_error_best"
+    assert monitor_mode(config.train.monitor, config.train.monitor_mode) == "min"
     assert config.train.early_stop_patience is not None and config.model.init == "he_normal"
     info = DatasetInfo(classes=list(ISBI_CLASSES), palette=[[0, 0, 0], [255, 255, 255]], in_channels=1,
                        image_mode="L", ignore_index=255, mean=[0.5], std=[0.25])

@@ -418,7 +418,8 @@ class Checkpointer(Hook):
     def on_checkpoint(self, trainer: Trainer) -> None:
         info = {"epoch": trainer.epoch, "epoch_step": trainer.epoch_step, "step": trainer.step,
                 "best": trainer.best, "history": trainer.history, "running": trainer.running,
-                "stale_validations": trainer.stale_validations}
+                "stale_validations": trainer.stale_validations, "monitor": trainer.monitor,
+                "monitor_mode": trainer.monitor_mode}
         if trainer.rank_rng_states is not None:  # under torchrun: every process's RNG, for an exact resume
             info["rng_ranks"] = trainer.rank_rng_states
         save_training_state(trainer.state_path, model=trainer.model, optimizer=trainer.optimizer, info=info)
@@ -542,6 +543,7 @@ class Trainer:
             self.epoch_step, self.history = state.get("epoch_step", 0), state["history"]
             self.running = state.get("running", self.running)
             self.stale_validations = state.get("stale_validations", 0)
+            self._judge_history_again_if_the_monitor_changed(state)
             if not group.is_main:  # rank 0 carries the saved (all processes') running sums
                 self.running = {key: 0.0 for key in self.running}
             restore_rng_state(state.get("rng_ranks"), group)
@@ -874,6 +876,36 @@ class Trainer:
         else:
             self.stale_validations += 1
         self.early_stopped = self._patience_spent()
+
+    def _judge_history_again_if_the_monitor_changed(self, state: dict[str, Any]) -> None:
+        """On ``--resume`` with another ``train.monitor`` or ``monitor_mode`` than the checkpoint was judged by,
+        ``best`` and the patience count are worked out again from the logged validations (comparing them with
+        the old monitor's would be meaningless). ``best/`` keeps the old monitor's choice until the new one
+        improves. Checkpoints written before the monitor was saved are compared by their figures."""
+        saved = (state.get("monitor"), state.get("monitor_mode"))
+        if saved == (self.monitor, self.monitor_mode):
+            return
+        key = f"val_{self.monitor}"
+        validations = [row for row in self.history if any(k.startswith("val_") for k in row)]
+        if any(key not in row for row in validations):
+            logged = sorted({k[4:] for row in validations for k in row if k.startswith("val_")})
+            raise PixelsegError(f"train.monitor '{self.monitor}' was not logged by this run's validations, so "
+                                f"--resume cannot judge them by it{closest(self.monitor, logged)}")
+        best, stale = (-math.inf if self.monitor_mode == "max" else math.inf), 0
+        for row in validations:
+            score = row[key]
+            if score > best if self.monitor_mode == "max" else score < best:
+                best, stale = score, 0
+            else:
+                stale += 1
+        if (best, stale) == (self.best, self.stale_validations):
+            return  # the same judgement: an old checkpoint of the same monitor
+        if self.group.is_main:
+            old = f"{saved[0]} ({saved[1]})" if saved[0] else "another monitor"
+            console.print(f"train.monitor {self.monitor} ({self.monitor_mode}) replaces {old}: best {best:.6g} and "
+                          f"{stale} validations without improvement, from the {len(validations)} logged; best/ "
+                          f"keeps the earlier choice until {self.monitor} improves", highlight=False, soft_wrap=True)
+        self.best, self.stale_validations = best, stale
 
     def _patience_spent(self) -> bool:
         patience = self.config.train.early_stop_patience
