@@ -870,11 +870,8 @@ class Trainer:
         if score is None or isinstance(score, list):
             names = [k for k, v in scores.items() if not isinstance(v, list)]
             raise PixelsegError(f"train.monitor '{self.monitor}' is not a metric{closest(self.monitor, names)}")
-        self.improved = score > self.best if self.monitor_mode == "max" else score < self.best
-        if self.improved:
-            self.best, self.stale_validations = score, 0
-        else:
-            self.stale_validations += 1
+        self.best, self.stale_validations, self.improved = judged(score, self.best, self.stale_validations,
+                                                                 self.monitor_mode)
         self.early_stopped = self._patience_spent()
 
     def _judge_history_again_if_the_monitor_changed(self, state: dict[str, Any]) -> None:
@@ -893,11 +890,7 @@ class Trainer:
                                 f"--resume cannot judge them by it{closest(self.monitor, logged)}")
         best, stale = (-math.inf if self.monitor_mode == "max" else math.inf), 0
         for row in validations:
-            score = row[key]
-            if score > best if self.monitor_mode == "max" else score < best:
-                best, stale = score, 0
-            else:
-                stale += 1
+            best, stale, _ = judged(row[key], best, stale, self.monitor_mode)
         if (best, stale) == (self.best, self.stale_validations):
             return  # the same judgement: an old checkpoint of the same monitor
         if self.group.is_main:
@@ -914,6 +907,13 @@ class Trainer:
     def _precise_bn_batches(self) -> int:
         value = self.config.train.precise_bn_batches
         return self.task.precise_bn_batches if value is None else value
+
+
+def judged(score: float, best: float, stale: int, mode: str) -> tuple[float, int, bool]:
+    """One validation's ``score`` against the ``best`` so far: the new best, the validations in a row without
+    improvement, and whether it improved (strictly better; ``mode`` is ``max`` or ``min``)."""
+    improved = score > best if mode == "max" else score < best
+    return (score, 0, True) if improved else (best, stale + 1, False)
 
 
 def monitor_mode(monitor: str, mode: str | None) -> str:
