@@ -108,11 +108,11 @@ def test_test_time_augmentation_options_call_tta_logits(tmp_path: Path) -> None:
     model_dir = saved_model(tmp_path / "model", "deeplabv3plus", 3, encoder="test_resnet")
     (path,) = write_images(tmp_path / "in", 1, "RGB")
     result = CliRunner().invoke(cli.app, ["predict", str(tmp_path / "in"), "--model", str(model_dir), "--out",
-                                          str(tmp_path / "out"), "--tta-scales", "0.75,1", "--tta-flip"])
+                                          str(tmp_path / "out"), "--tta-scales", "0.75,1", "--tta-flip", "--tta-rotate"])
     assert result.exit_code == 0, result.output
     model = pixelseg.from_pretrained(model_dir).eval()
     with torch.inference_mode():
-        expected = tta_logits(model, pixels_of(path, "RGB"), (0.75, 1.0), flip=True).argmax(1)[0].numpy()
+        expected = tta_logits(model, pixels_of(path, "RGB"), (0.75, 1.0), flip=True, rotate=True).argmax(1)[0].numpy()
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "im0.png")), expected)
 
 
@@ -121,6 +121,7 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
     write_images(tmp_path / "in", 1, "L")
     for options, message in ((InferenceOptions(backend="tensorrt"), "unknown backend 'tensorrt'"),
                              (InferenceOptions(backend="onnxruntime", optimize=True), "--optimize"),
-                             (InferenceOptions(stream=True, tta_flip=True), "--stream")):
+                             (InferenceOptions(stream=True, tta_flip=True), "--stream"),
+                             (InferenceOptions(stream=True, tta_rotate=True), "--stream")):
         with pytest.raises(PixelsegError, match=message):
             predict(model_dir, tmp_path / "in", tmp_path / "out", options=options)

@@ -1,4 +1,4 @@
-"""Test-time augmentation (engine/tta.py): multi-scale and flip averaging of logits, in evaluate too."""
+"""Test-time augmentation (inference/tta.py): multi-scale, flip and quarter-turn averaging of logits, in evaluate too."""
 
 from __future__ import annotations
 
@@ -61,6 +61,37 @@ def test_equals_the_average_computed_by_hand_with_torchvision_ops() -> None:
     torch.testing.assert_close(got, sum(expected) / len(expected))
 
 
+def test_flip_and_rotate_average_the_eight_symmetries_of_the_square_as_numpy_turns_them() -> None:
+    model = small_net()
+    images = torch.randn(2, 3, 13, 19)  # not square: a quarter turn swaps height and width
+    expected = []
+    with torch.no_grad():
+        for mirrored in (False, True):
+            for turns in range(4):
+                view = np.rot90(images.numpy()[..., ::-1] if mirrored else images.numpy(), turns, axes=(2, 3))
+                logits = np.rot90(model(torch.from_numpy(view.copy())).numpy(), -turns, axes=(2, 3))
+                expected.append(logits[..., ::-1] if mirrored else logits)
+        got = tta_logits(model, images, flip=True, rotate=True)
+        turned_only = tta_logits(model, images, rotate=True)
+    np.testing.assert_allclose(got.numpy(), np.mean(expected, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(turned_only.numpy(), np.mean(expected[:4], axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_the_eight_symmetry_average_commutes_with_every_symmetry_for_a_valid_convolution_unet() -> None:
+    model = create_model("unet", num_classes=2, in_channels=1, base_channels=4, depth=2).eval()
+    images = torch.randn(1, 1, 30, 22)
+    with torch.no_grad():
+        averaged = tta_logits(model, images, flip=True, rotate=True)
+        assert averaged.shape == (1, 2, 30, 22)
+        for turns in range(4):
+            for mirrored in (False, True):
+                view = torch.rot90(images.flip(-1) if mirrored else images, turns, dims=(-2, -1))
+                moved = torch.rot90(averaged.flip(-1) if mirrored else averaged, turns, dims=(-2, -1))
+                torch.testing.assert_close(tta_logits(model, view, flip=True, rotate=True), moved)
+        plain = tta_logits(model, images)
+    assert not torch.allclose(plain, averaged, atol=1e-4)  # the network alone is not invariant
+
+
 def test_valid_convolution_models_still_cover_the_whole_image_at_every_scale() -> None:
     model = create_model("unet", num_classes=2, in_channels=1, base_channels=4, depth=2).eval()
     images = torch.randn(1, 1, 27, 31)
@@ -106,23 +137,23 @@ def test_evaluate_command_scores_with_tta(tmp_path: Path) -> None:
     model.save_pretrained(tmp_path / "model")
     report = tmp_path / "scores.json"
     result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "model"), "--tta-scales", "0.5,1.5",
-                                      "--tta-flip", "--out", str(report)])
+                                      "--tta-flip", "--tta-rotate", "--out", str(report)])
     assert result.exit_code == 0, result.output
     scores = json.loads(report.read_text())
-    assert scores["tta"] == {"scales": [0.5, 1.5], "flip": True}
+    assert scores["tta"] == {"scales": [0.5, 1.5], "flip": True, "rotate": True}
 
     dataset = build_eval_dataset(config.data, info, "val")
     predicted, truth = [], []
     with torch.no_grad():
         for image, target in dataset:
-            predicted.append(tta_logits(model, image[None], (0.5, 1.5), flip=True).argmax(1).flatten())
+            predicted.append(tta_logits(model, image[None], (0.5, 1.5), flip=True, rotate=True).argmax(1).flatten())
             truth.append(target.flatten())
     predicted, truth = torch.cat(predicted).numpy(), torch.cat(truth).numpy()
     matrix = confusion_matrix(truth, predicted, labels=list(range(info.num_classes))).astype(float)
     assert scores["pixel_accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
     plain = CliRunner().invoke(app, ["evaluate", str(tmp_path / "model"), "--out", str(report)])
     assert plain.exit_code == 0, plain.output
-    assert json.loads(report.read_text())["tta"] == {"scales": [1.0], "flip": False}
+    assert json.loads(report.read_text())["tta"] == {"scales": [1.0], "flip": False, "rotate": False}
 
 
 def test_evaluate_command_rejects_bad_scales_in_one_line(tmp_path: Path) -> None:

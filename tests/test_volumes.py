@@ -355,9 +355,9 @@ def test_pixelseg_train_trains_vnet_on_volumes_then_evaluates_and_predicts(tmp_p
     assert model.pixelseg_config["data"]["spatial_dims"] == 3
     scores = evaluate(run)
     assert scores["images"] == 2 and len(scores["dice_per_class"]) == 3 and 0 <= scores["mean_dice"] <= 1
-    flipped = evaluate(run, tta_flip=True)  # left-right flip TTA works on volumes; scales do not
-    assert flipped["tta"]["flip"] and 0 <= flipped["mean_iou"] <= 1
-    with pytest.raises(PixelsegError, match="volumetric models take --tta-flip only"):
+    flipped = evaluate(run, tta_flip=True, tta_rotate=True)  # flips and in-plane turns work on volumes; scales not
+    assert flipped["tta"]["flip"] and flipped["tta"]["rotate"] and 0 <= flipped["mean_iou"] <= 1
+    with pytest.raises(PixelsegError, match="volumetric models take --tta-flip and --tta-rotate"):
         evaluate(run, tta_scales=[0.5, 1.0])
     # Predict: a .npy and a multi-page .tif volume in a folder, one unreadable file reported, not fatal.
     tifffile = pytest.importorskip("tifffile")

@@ -62,6 +62,9 @@ def register(app: typer.Typer) -> None:
                  tta_scales: Annotated[str | None, typer.Option(
                      help="test-time scales whose logits are averaged, e.g. '0.75,1,1.25' or '0.75 1 1.25'")] = None,
                  tta_flip: Annotated[bool, typer.Option(help="also average the left-right flipped image")] = False,
+                 tta_rotate: Annotated[bool, typer.Option(
+                     help="also average the image turned by 90, 180 and 270 degrees (with --tta-flip: all 8 "
+                     "symmetries of the square, U-Net's ISBI evaluation)")] = False,
                  report: Annotated[Path | None, typer.Option(
                      "--report", help="write report/index.html and report.md here (default: the run folder's "
                      "report/)")] = None,
@@ -89,7 +92,7 @@ def register(app: typer.Typer) -> None:
 
             raise PixelsegError("--report DIR and --no-report contradict each other: give one")
         scores = run_evaluation(model, split=split, data_overrides=overrides, device=device, tta_scales=scales,
-                                tta_flip=tta_flip, report=False if no_report else report or True, refine=refine,
+                                tta_flip=tta_flip, tta_rotate=tta_rotate, report=False if no_report else report or True, refine=refine,
                                 precision=precision, backend=backend)
         if not is_main_process():  # under torchrun every process holds the same scores: rank 0 reports them
             return

@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
                 blend: Annotated[str, typer.Option(help="'gaussian', 'cosine' or 'exact'")] = "gaussian",
                 tta_scales: Annotated[str | None, typer.Option(help="test-time scales, e.g. '0.75,1,1.25'")] = None,
                 tta_flip: Annotated[bool, typer.Option(help="also average the left-right flip")] = False,
+                tta_rotate: Annotated[bool, typer.Option(
+                    help="also average the quarter turns (with --tta-flip: the 8 symmetries of the square)")] = False,
                 stream: Annotated[bool, typer.Option(help="read window by window, write <stem>.tif (tiled)")] = False,
                 score_threshold: Annotated[float, typer.Option(
                     help="instance models: keep detections scoring at least this")] = 0.5,
@@ -68,7 +70,7 @@ def register(app: typer.Typer) -> None:
         options = InferenceOptions(backend=backend, optimize=optimize, compile=compile_, threads=threads, tile=tile,
                                    overlap=overlap, tile_batch=tile_batch, blend=blend, stream=stream,
                                    tta_scales=parse_scales(tta_scales) if tta_scales is not None else None,
-                                   tta_flip=tta_flip, precision=precision)
+                                   tta_flip=tta_flip, tta_rotate=tta_rotate, precision=precision)
         crf = DenseCRFConfig.with_overrides(
             iterations=crf_iterations, gaussian_sxy=crf_gaussian_sxy, gaussian_compat=crf_gaussian_compat,
             bilateral_sxy=crf_bilateral_sxy, bilateral_srgb=crf_bilateral_srgb,

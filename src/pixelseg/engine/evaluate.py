@@ -56,12 +56,13 @@ def saved_data_config(model: nn.Module, model_dir: Path) -> DataConfig:
 
 def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides: dict[str, Any] | None = None,
              device: str = "cpu", batch_size: int = 1, tta_scales: Sequence[float] | None = None,
-             tta_flip: bool = False, report: bool | str | Path = False, report_samples: int = 4,
-             refine: str | None = None, precision: str = "fp32", backend: str | None = None) -> dict[str, Any]:
+             tta_flip: bool = False, tta_rotate: bool = False, report: bool | str | Path = False,
+             report_samples: int = 4, refine: str | None = None, precision: str = "fp32",
+             backend: str | None = None) -> dict[str, Any]:
     """Scores of a saved model on ``split`` (default: the validation split of its dataset).
 
-    ``tta_scales``/``tta_flip`` average logits over scales and flips (``pixelseg.inference.tta``) for the
-    tasks that allow it; ``data_overrides`` change keys of the saved data config (e.g. a moved ``root``).
+    ``tta_scales``/``tta_flip``/``tta_rotate`` average logits over scales, the left-right flip and the quarter
+    turns (``pixelseg.inference.tta``) for the tasks that allow it; ``data_overrides`` change keys of the saved data config (e.g. a moved ``root``).
     ``report``: ``True`` writes the HTML and Markdown report into the run folder's ``report/`` (the model
     folder's, when it is not in a run folder), a path writes it there; ``scores["report"]`` names the page
     (``scores["report_error"]`` says why, when it could not be written).
@@ -74,8 +75,8 @@ def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides
     group, chosen = init_distributed(device)
     report_dir = None if report is False else default_report_dir(model_dir) if report is True else Path(report)
     try:
-        return _evaluate(model_dir, split, data_overrides, chosen, batch_size, tta_scales, tta_flip, group,
-                         report_dir, report_samples, refine, precision, backend)
+        return _evaluate(model_dir, split, data_overrides, chosen, batch_size, tta_scales, tta_flip, tta_rotate,
+                         group, report_dir, report_samples, refine, precision, backend)
     finally:
         shutdown(group)
 
@@ -91,7 +92,7 @@ def default_report_dir(model_dir: Path) -> Path:
 
 
 def _evaluate(model_dir: Path, split: str | None, data_overrides: dict[str, Any] | None, device: torch.device,
-              batch_size: int, tta_scales: Sequence[float] | None, tta_flip: bool,
+              batch_size: int, tta_scales: Sequence[float] | None, tta_flip: bool, tta_rotate: bool,
               group: ProcessGroup, report_dir: Path | None = None, report_samples: int = 4,
               refine: str | None = None, precision: str = "fp32", backend: str | None = None) -> dict[str, Any]:
     model = from_pretrained(model_dir).to(device).eval()
@@ -100,7 +101,7 @@ def _evaluate(model_dir: Path, split: str | None, data_overrides: dict[str, Any]
         if refine != "crf" or task.name != "semantic":
             raise PixelsegError(f"--refine {refine}: only 'crf' (the dense CRF), after a semantic model")
         model.pixelseg_config["refine"] = {**(model.pixelseg_config.get("refine") or {}), "name": "crf"}
-    task.check_evaluation_options(tta_scales, tta_flip)
+    task.check_evaluation_options(tta_scales, tta_flip, tta_rotate)
     info = model_info(model, model_dir)
     data_config = saved_data_config(model, model_dir)
     if data_overrides:
@@ -115,11 +116,12 @@ def _evaluate(model_dir: Path, split: str | None, data_overrides: dict[str, Any]
     sampler = EvaluationShard(dataset, group.rank, group.world_size) if group.enabled else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
                         collate_fn=collate_for(data_config))
-    tta = {"scales": list(check_scales(tta_scales if tta_scales is not None else (1.0,))), "flip": tta_flip}
+    tta = {"scales": list(check_scales(tta_scales if tta_scales is not None else (1.0,))), "flip": tta_flip,
+           "rotate": tta_rotate}
     # The same runner as `pixelseg predict` with these options: eager fp32 (+ TTA) by default; bf16, the int8
     # graph or a runtime when asked (InferenceOptions.runtime: int8 runs "auto" unless a runtime is named)
     options = InferenceOptions(backend=backend or "torch", precision=precision, tta_scales=tta_scales,
-                               tta_flip=tta_flip)
+                               tta_flip=tta_flip, tta_rotate=tta_rotate)
     options.check()
     runtime = {"precision": precision, "backend": options.runtime}
     if runtime != {"precision": "fp32", "backend": "torch"} and (task.name != "semantic" or device.type != "cpu"):

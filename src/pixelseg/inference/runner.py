@@ -41,7 +41,8 @@ class InferenceOptions:
     tile_batch: int = 1  # tiles per forward pass
     blend: str = "gaussian"  # "gaussian", "cosine" or "exact"
     tta_scales: Sequence[float] | None = None  # inference.tta: average over scales ...
-    tta_flip: bool = False  # ... and the left-right flip
+    tta_flip: bool = False  # ... the left-right flip ...
+    tta_rotate: bool = False  # ... and the quarter turns
     stream: bool = False  # read window by window, write a tiled TIFF of labels (images larger than memory)
     precision: str = "fp32"  # "bf16": eager autocast or OpenVINO; "int8": the quantized graph (inference.quantize)
     calibration: int = 16  # int8 without a saved model.int8.onnx: training images to calibrate on
@@ -63,7 +64,7 @@ class InferenceOptions:
                                 "speed-ups")
         if self.tile is not None and self.tile < 1:
             raise PixelsegError(f"--tile must be positive, not {self.tile}")
-        if self.stream and (self.tta_scales is not None or self.tta_flip):
+        if self.stream and self.uses_tta:
             raise PixelsegError("--stream does not combine with test-time augmentation")
 
     @property
@@ -73,7 +74,7 @@ class InferenceOptions:
 
     @property
     def uses_tta(self) -> bool:
-        return self.tta_scales is not None or self.tta_flip
+        return self.tta_scales is not None or self.tta_flip or self.tta_rotate
 
 
 def onnx_runner(model: torch.nn.Module, model_dir: Path, threads: int | None) -> LogitsFn:
@@ -160,7 +161,7 @@ def build_runner(model: torch.nn.Module, model_dir: Path, options: InferenceOpti
         runner = optimize_for_inference(model, example, compile=options.compile)
     if options.uses_tta:
         scales = check_scales(options.tta_scales if options.tta_scales is not None else (1.0,))
-        runner = TestTimeAugmented(runner, scales, options.tta_flip)  # type: ignore[arg-type]
+        runner = TestTimeAugmented(runner, scales, options.tta_flip, options.tta_rotate)  # type: ignore[arg-type]
     return runner
 
 

@@ -1,11 +1,15 @@
-"""Test-time augmentation: multi-scale and horizontal-flip averaging of logits, for any model.
+"""Test-time augmentation: multi-scale, horizontal-flip and quarter-turn averaging of logits, for any model.
 
-The image is resized by each scale (and, with ``flip``, also mirrored left-right), the model runs on
-every variant with :func:`~pixelseg.inference.forward.forward_whole` (so valid-convolution models still
-cover the whole image), each logit map is flipped back and resized bilinearly to the input size, and
-the maps are averaged. This is the multi-scale inference of DeepLab v2/v3 (Chen et al., 2017,
-arXiv:1606.00915 §4 and arXiv:1706.05587 §4.3: "average the predictions" over scales {0.5, 0.75, 1,
-1.25, 1.5, 1.75} and left-right flips) and of PSPNet (Zhao et al., 2017, arXiv:1612.01105 §5.2).
+The image is resized by each scale (and, with ``flip``, also mirrored left-right; with ``rotate``, also
+turned by 90, 180 and 270 degrees), the model runs on every variant with
+:func:`~pixelseg.inference.forward.forward_whole` (so valid-convolution models still cover the whole
+image), each logit map is turned and flipped back and resized bilinearly to the input size, and the maps
+are averaged. This is the multi-scale inference of DeepLab v2/v3 (Chen et al., 2017, arXiv:1606.00915 §4
+and arXiv:1706.05587 §4.3: "average the predictions" over scales {0.5, 0.75, 1, 1.25, 1.5, 1.75} and
+left-right flips) and of PSPNet (Zhao et al., 2017, arXiv:1612.01105 §5.2). ``rotate`` with ``flip``
+averages the eight symmetries of the square, the original and seven turned or mirrored versions: our
+reading of U-Net's ISBI 2012 result, "averaged over 7 rotated versions of the input data" (Ronneberger
+et al., 2015, arXiv:1505.04597 §3), whose training had made the network invariant to them.
 
 A model that fuses scales itself — it defines ``multi_scale_logits(images, scales)``, as hierarchical
 multi-scale attention does with its learned attention (Tao et al., 2020, arXiv:2005.10821, §3.2) — is
@@ -66,16 +70,29 @@ def _one_view(model: nn.Module, images: Tensor, scales: tuple[float, ...]) -> li
     return [_resize(forward_whole(model, _resize(images, _scaled_size(size, s))), size) for s in scales]
 
 
-def tta_logits(model: nn.Module, images: Tensor, scales: Sequence[float] = (1.0,), flip: bool = False) -> Tensor:
-    """Logits ``(B, C, H, W)`` averaged over ``scales`` and, with ``flip``, the left-right mirror.
+def symmetries(flip: bool, rotate: bool) -> list[tuple[bool, int]]:
+    """The views averaged, as ``(mirrored, quarter_turns)``: the image itself first, then the left-right
+    mirror (``flip``), the quarter turns (``rotate``) or all eight symmetries of the square (both)."""
+    return [(mirrored, turns) for mirrored in ((False, True) if flip else (False,))
+            for turns in (range(4) if rotate else (0,))]
 
-    ``scales=(1.0,), flip=False`` is exactly the plain whole-image forward pass. The caller chooses
-    ``model.eval()`` and ``torch.no_grad()``; nothing here changes the model's mode.
+
+def tta_logits(model: nn.Module, images: Tensor, scales: Sequence[float] = (1.0,), flip: bool = False,
+               rotate: bool = False) -> Tensor:
+    """Logits ``(B, C, H, W)`` (or ``(B, C, D, H, W)``: flips and turns act on the last two axes) averaged
+    over ``scales``, with ``flip`` the left-right mirror and with ``rotate`` the quarter turns.
+
+    ``scales=(1.0,), flip=False, rotate=False`` is exactly the plain whole-image forward pass. The caller
+    chooses ``model.eval()`` and ``torch.no_grad()``; nothing here changes the model's mode.
     """
     scales = check_scales(scales)
-    maps = _one_view(model, images, scales)
-    if flip:
-        maps += [m.flip(-1) for m in _one_view(model, images.flip(-1), scales)]
+    maps: list[Tensor] = []
+    for mirrored, turns in symmetries(flip, rotate):
+        view = images.flip(-1) if mirrored else images
+        view = torch.rot90(view, turns, dims=(-2, -1)) if turns else view
+        for logits in _one_view(model, view, scales):
+            logits = torch.rot90(logits, -turns, dims=(-2, -1)) if turns else logits
+            maps.append(logits.flip(-1) if mirrored else logits)
     if len(maps) == 1:
         return maps[0]
     return torch.stack(maps).mean(0)
@@ -86,11 +103,13 @@ class TestTimeAugmented(nn.Module):
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, model: nn.Module, scales: Sequence[float] = (1.0,), flip: bool = False) -> None:
+    def __init__(self, model: nn.Module, scales: Sequence[float] = (1.0,), flip: bool = False,
+                 rotate: bool = False) -> None:
         super().__init__()
         self.model = model
         self.scales = check_scales(scales)
         self.flip = flip
+        self.rotate = rotate
 
     def forward(self, images: Tensor) -> Tensor:
-        return tta_logits(self.model, images, self.scales, self.flip)
+        return tta_logits(self.model, images, self.scales, self.flip, self.rotate)

@@ -101,8 +101,9 @@ class Task:
         """What evaluation runs: ``forward`` (the model, or it under TTA), plus any post-processing saved with it."""
         return forward
 
-    def check_evaluation_options(self, tta_scales: Sequence[float] | None, tta_flip: bool) -> None:
-        if tta_scales is not None or tta_flip:
+    def check_evaluation_options(self, tta_scales: Sequence[float] | None, tta_flip: bool,
+                                 tta_rotate: bool = False) -> None:
+        if tta_scales is not None or tta_flip or tta_rotate:
             raise PixelsegError(f"test-time augmentation is not available for {self.name} models")
 
     # ---- prediction ------------------------------------------------------------------------------

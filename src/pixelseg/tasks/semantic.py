@@ -121,7 +121,8 @@ class SemanticTask(Task):
         takes_logits = getattr(scorer, "takes_logits", False)  # ISBI's errors threshold probabilities
         evaluator.update(logits.cpu() if takes_logits else logits.argmax(1).cpu(), targets)
 
-    def check_evaluation_options(self, tta_scales: Sequence[float] | None, tta_flip: bool) -> None:
+    def check_evaluation_options(self, tta_scales: Sequence[float] | None, tta_flip: bool,
+                                 tta_rotate: bool = False) -> None:
         pass
 
     def inference_forward(self, model: nn.Module, forward: Callable[[Tensor], Tensor],

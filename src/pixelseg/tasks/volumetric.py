@@ -32,10 +32,11 @@ class VolumetricTask(SemanticTask):
     name = "volumetric"
     monitor = "mean_iou"
 
-    def check_evaluation_options(self, tta_scales: Sequence[float] | None, tta_flip: bool) -> None:
+    def check_evaluation_options(self, tta_scales: Sequence[float] | None, tta_flip: bool,
+                                 tta_rotate: bool = False) -> None:
         if tta_scales is not None and any(scale != 1.0 for scale in tta_scales):
             raise PixelsegError("--tta-scales: multi-scale TTA resizes 2D images; volumetric models take "
-                                "--tta-flip only")
+                                "--tta-flip and --tta-rotate (in-plane) only")
 
     def predictor(self, model: nn.Module, model_dir: Path, info: DatasetInfo, options: PredictOptions) -> Predictor:
         return VolumePredictor(model, model_dir, info, options)
@@ -52,7 +53,7 @@ class VolumePredictor(Predictor):
             inference.check()
             unsupported = {"--refine": options.refine is not None,
                            "--optimize/--compile": inference.optimize or inference.compile,
-                           "--tile": inference.tile is not None, "--tta-scales/--tta-flip": inference.uses_tta,
+                           "--tile": inference.tile is not None, "--tta-*": inference.uses_tta,
                            "--stream": inference.stream, "--precision": inference.precision != "fp32",
                            f"--backend {inference.backend}": inference.backend not in ("torch", "onnxruntime")}
         else:
