@@ -232,6 +232,35 @@ def test_the_evaluator_averages_sections_and_takes_logits_probabilities_or_label
     assert np.isnan(evaluator.compute()["pixel_error"])
 
 
+def test_the_scripts_forms_are_one_minus_the_best_f_score_of_cells_and_the_best_threshold_rand_error() -> None:
+    """The challenge's Fiji script: pixel error 1 − maximal F-score of the (cell) pixels, its true and false
+    positives and negatives pooled over the sections (scikit-learn's f1_score on the stacked maps); Rand error
+    at the threshold whose mean over the sections is lowest (scikit-image's adapted Rand error)."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(11)
+    truth = np.stack([ndimage.gaussian_filter(rng.random((48, 56)), 2) > 0.47 for _ in range(3)])
+    noise = np.stack([ndimage.gaussian_filter(rng.normal(0, 1, (48, 56)), 1.5) for _ in range(3)])
+    probability = 1 / (1 + np.exp(-(np.where(truth, 1.0, -1.0) + 0.9 + 4 * noise)))  # biased towards cell
+    evaluator = ISBIChallengeErrors()
+    evaluator.update(torch.from_numpy(probability), torch.from_numpy(truth.astype(np.int64)))
+    scores = evaluator.compute()
+    f_scores = [f1_score(truth.ravel(), (probability > t).ravel()) for t in evaluator.thresholds]
+    best_f = int(np.argmax(f_scores))
+    assert scores["pixel_error_fscore"] == pytest.approx(1 - f_scores[best_f], abs=1e-12)
+    assert scores["pixel_error_fscore_threshold"] == evaluator.thresholds[best_f] != 0.5
+    rands = [np.mean([skimage_metrics.adapted_rand_error(ndimage.label(t)[0], singletons(ndimage.label(p > th)[0]))[0]
+                      for t, p in zip(truth, probability, strict=True)]) for th in evaluator.thresholds]
+    best_rand = int(np.argmin(rands))
+    assert scores["rand_error_best"] == pytest.approx(rands[best_rand], abs=1e-9)
+    chosen = evaluator.thresholds.index(scores["rand_error_best_threshold"])  # of equal ones, the nearest 0.5
+    assert rands[chosen] == pytest.approx(rands[best_rand], abs=1e-12)
+    assert scores["rand_error"] == pytest.approx(rands[evaluator.thresholds.index(0.5)], abs=1e-9)
+    assert scores["rand_error_best"] < scores["rand_error"]
+    report = evaluator.report()
+    assert "1 − maximal F-score" in report and "Rand error (best threshold" in report
+
+
 def test_ignored_pixels_count_nowhere() -> None:
     target = torch.from_numpy(TWO_CELLS.astype(np.int64))[None]
     prediction = target.clone()
@@ -314,7 +343,9 @@ def test_pixelseg_evaluate_prints_the_challenge_errors_in_full(capsys: pytest.Ca
     scores = {"model": "m", "split": "val", "images": 5, "classes": list(ISBI_CLASSES), "iou_per_class": [0.5, 0.9],
               "dice_per_class": [0.6, 0.95], "accuracy_per_class": [0.7, 0.96], "pixel_accuracy": 0.9,
               "mean_pixel_accuracy": 0.8, "mean_iou": 0.7, "frequency_weighted_iou": 0.8, "mean_dice": 0.77,
-              "pixel_error": 0.0611, "pixel_error_best": 0.06, "rand_error": 0.0382, "warping_error": 0.000353}
+              "pixel_error": 0.0611, "pixel_error_best": 0.06, "pixel_error_fscore": 0.0401, "rand_error": 0.0382,
+              "rand_error_best": 0.0301, "warping_error": 0.000353}
     print_scores(scores)
     printed = capsys.readouterr().out
     assert "warping_error: 0.000353" in printed and "rand_error: 0.038200" in printed
+    assert "pixel_error_fscore: 0.040100" in printed and "rand_error_best: 0.030100" in printed

@@ -26,7 +26,8 @@ def print_scores(scores: dict[str, Any]) -> None:
         out.print(table)
         for key in ("pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "frequency_weighted_iou", "mean_dice"):
             out.print(f"{key:>24}: {scores[key]:.4f}")
-        for key in ("pixel_error", "pixel_error_best", "rand_error", "warping_error"):  # ISBI 2012's errors
+        for key in ("pixel_error", "pixel_error_best", "pixel_error_fscore", "rand_error", "rand_error_best",
+                    "warping_error"):  # ISBI 2012's errors
             if key in scores:
                 out.print(f"{key:>24}: {scores[key]:.6f}")
         return

@@ -5,14 +5,20 @@ doi:10.3389/fnana.2015.00142), as the challenge's Fiji scripts compute them per 
 membranes the background; the prediction is the probability of *cell*, binarised ``p > threshold``.
 
 - **pixel error**: the fraction of pixels whose binarised label differs from the ground truth, at 0.5 and
-  at the best of the thresholds 0.05, 0.10, ..., 0.95 (the challenge reported the minimum over thresholds).
+  at the best of the thresholds 0.05, 0.10, ..., 0.95 (the minimum over thresholds); and the form of the
+  challenge's Fiji script, ``1 −`` the maximal F-score of the cell pixels over the thresholds
+  (``pixel_error_fscore``; true/false positives and negatives pooled over the sections). The challenge's page
+  names both ("1 − the maximal F-score of pixel similarity, or squared Euclidean distance"); with cells about
+  three quarters of the pixels the F-score form is about 0.6 times the fraction.
 - **Rand error**: ``1 − V^Rand``, the foreground-restricted Rand F-score of the cell *segments* — the
   4-connected components of cell pixels in the ground truth and in the prediction. Ground-truth membrane
   pixels are left out; predicted membrane pixels inside ground-truth cells count as singletons (each its
   own segment). With ``n_ij`` the pixels of true segment ``i`` and predicted segment ``j``, ``t_i`` and
   ``s_j`` the segment sizes, counting pairs of pixels (SNEMI3D's and ``skimage.metrics.adapted_rand_error``'s
   form): ``V^Rand = 2 Σ(n_ij² − n_ij) / (Σ(s_j² − s_j) + Σ(t_i² − t_i))``; ``pairs=False`` gives the
-  paper's ``N²``-normalised form ``2 Σ n_ij² / (Σ s_j² + Σ t_i²)``.
+  paper's ``N²``-normalised form ``2 Σ n_ij² / (Σ s_j² + Σ t_i²)``. At 0.5 (``rand_error``) and, as the
+  script's "1 − maximal F-score of the foreground-restricted Rand index", at the best of the thresholds
+  (``rand_error_best``: the mean over the sections at one threshold, the lowest such mean).
 - **warping error** (Jain et al., "Boundary learning by optimization with topological constraints",
   CVPR 2010): the ground truth is warped towards the prediction by flipping *simple* pixels only — pixels
   whose flip changes no topology (no split, merge, hole or object created or removed), in 2D digital
@@ -20,7 +26,8 @@ membranes the background; the prediction is the probability of *cell*, binarised
   where the warped truth still disagrees: only topological mistakes remain. Greedy as the challenge's
   script: passes over the mismatches, most confident prediction first, each flipped at once if simple
   now, until a pass flips nothing. (Fiji's script tests simplicity on the 3×3 patch embedded in 3D, which
-  lets holes appear and vanish; here the strict 2D test is used.)
+  lets holes appear and vanish; here the strict 2D test is used. Its later "minimum splits and mergers"
+  variant, which counts each split or merger once and takes the best threshold, is not implemented.)
 
 Rand and warping errors are averaged over sections, the pixel errors pooled over pixels (the same for
 sections of one size). :class:`ISBIChallengeErrors` is the streaming evaluator of the three;
@@ -43,6 +50,10 @@ from .confusion import ConfusionMatrix
 PIXEL_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
 
 # The 8 neighbours of a pixel, clockwise from the top; bit k of a neighbourhood code is neighbour k.
+SCORE_NAMES: tuple[str, ...] = ("pixel_error", "pixel_error_best", "pixel_error_best_threshold", "pixel_error_fscore",
+                               "pixel_error_fscore_threshold", "rand_error", "rand_error_best",
+                               "rand_error_best_threshold", "warping_error")
+
 NEIGHBOURS: tuple[tuple[int, int], ...] = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
 
 
@@ -207,8 +218,9 @@ class ISBIChallengeErrors:
         if 0.5 not in thresholds:
             raise ValueError("the thresholds must include 0.5")
         self.foreground, self.ignore_index, self.thresholds = foreground, ignore_index, tuple(thresholds)
-        # sections, counted pixels, sum of Rand errors, sum of warping errors, then mismatches per threshold
-        self.sums = torch.zeros(4 + len(self.thresholds), dtype=torch.float64)
+        # sections, counted pixels, sum of warping errors, then per threshold: mismatches, true positives,
+        # false positives (cell pixels) and the sum of the sections' Rand errors
+        self.sums = torch.zeros(3 + 4 * len(self.thresholds), dtype=torch.float64)
 
     def reset(self) -> None:
         self.sums.zero_()
@@ -225,16 +237,22 @@ class ISBIChallengeErrors:
         """One section's contribution to ``sums``."""
         counted = labels != self.ignore_index if self.ignore_index is not None else np.ones(labels.shape, bool)
         truth = (labels == self.foreground) & counted
-        mismatches = [float(((probability > t) != truth)[counted].sum()) for t in self.thresholds]
         pixels = float(counted.sum())
         if pixels == 0:
             return [0.0] * len(self.sums)
+        truth_segments, _ = ndimage.label(truth)
+        mismatches, true_positives, false_positives, rand = [], [], [], []
+        for threshold in self.thresholds:
+            cells = probability > threshold
+            mismatches.append(float((cells != truth)[counted].sum()))
+            true_positives.append(float((cells & truth).sum()))
+            false_positives.append(float((cells & ~truth & counted).sum()))
+            rand.append(adapted_rand_error(truth_segments, ndimage.label(cells)[0]))
         predicted = probability > 0.5
-        rand = rand_error(truth, predicted)
         warp_from = np.where(counted, truth, predicted)  # ignored pixels: nothing to warp there
         warped = warp_truth(warp_from, probability, 0.5)
         warping = float(((warped != predicted) & counted).sum()) / pixels
-        return [1.0, pixels, rand, warping, *mismatches]
+        return [1.0, pixels, warping, *mismatches, *true_positives, *false_positives, *rand]
 
     def all_reduce(self, group: object | None = None) -> None:
         """Sum the sections' figures of all processes in place (no-op outside ``torch.distributed``)."""
@@ -243,14 +261,25 @@ class ISBIChallengeErrors:
     def compute(self) -> Scores:
         sections, pixels = float(self.sums[0]), float(self.sums[1])
         if sections == 0:
-            nan = float("nan")
-            return {"pixel_error": nan, "pixel_error_best": nan, "pixel_error_best_threshold": nan,
-                    "rand_error": nan, "warping_error": nan}
-        errors = (self.sums[4:] / pixels).tolist()
-        best = min(range(len(errors)), key=lambda k: (errors[k], abs(self.thresholds[k] - 0.5)))
-        return {"pixel_error": errors[self.thresholds.index(0.5)], "pixel_error_best": errors[best],
-                "pixel_error_best_threshold": self.thresholds[best],
-                "rand_error": float(self.sums[2]) / sections, "warping_error": float(self.sums[3]) / sections}
+            return dict.fromkeys(SCORE_NAMES, float("nan"))
+        count = len(self.thresholds)
+        mismatches, true_positives, false_positives, rand_sums = self.sums[3:].view(4, count).double()
+        false_negatives = mismatches - false_positives
+        f_scores = (2 * true_positives / (2 * true_positives + false_positives + false_negatives).clamp(min=1)).tolist()
+        errors, rands = (mismatches / pixels).tolist(), (rand_sums / sections).tolist()
+        at_half = self.thresholds.index(0.5)
+        best_pixel, best_f, best_rand = (self._best([sign * value for value in values])
+                                         for sign, values in ((1, errors), (-1, f_scores), (1, rands)))
+        return {"pixel_error": errors[at_half], "pixel_error_best": errors[best_pixel],
+                "pixel_error_best_threshold": self.thresholds[best_pixel],
+                "pixel_error_fscore": 1.0 - f_scores[best_f], "pixel_error_fscore_threshold": self.thresholds[best_f],
+                "rand_error": rands[at_half], "rand_error_best": rands[best_rand],
+                "rand_error_best_threshold": self.thresholds[best_rand],
+                "warping_error": float(self.sums[2]) / sections}
+
+    def _best(self, errors: list[float]) -> int:
+        """The index of the lowest error; of equal ones, the threshold nearest 0.5."""
+        return min(range(len(errors)), key=lambda k: (errors[k], abs(self.thresholds[k] - 0.5)))
 
     def report(self, class_names: Sequence[str] = ()) -> str:
         scores = self.compute()
@@ -258,7 +287,11 @@ class ISBIChallengeErrors:
                 f"| pixel error (threshold 0.5) | {scores['pixel_error']:.6f} |\n"
                 f"| pixel error (best threshold, {scores['pixel_error_best_threshold']}) | "
                 f"{scores['pixel_error_best']:.6f} |\n"
-                f"| Rand error | {scores['rand_error']:.6f} |\n"
+                f"| pixel error, 1 − maximal F-score (threshold {scores['pixel_error_fscore_threshold']}) | "
+                f"{scores['pixel_error_fscore']:.6f} |\n"
+                f"| Rand error (threshold 0.5) | {scores['rand_error']:.6f} |\n"
+                f"| Rand error (best threshold, {scores['rand_error_best_threshold']}) | "
+                f"{scores['rand_error_best']:.6f} |\n"
                 f"| warping error | {scores['warping_error']:.6f} |")
 
 
