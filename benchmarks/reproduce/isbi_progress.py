@@ -27,14 +27,22 @@ def validation_rows(log: Path) -> tuple[list[dict[str, str]], float, int]:
     return [row for row in rows if row.get(MONITOR)], seconds, int(rows[-1]["step"])
 
 
+def _cell(row: dict[str, str], key: str, digits: int = 4) -> str:
+    """A logged figure, or "–" where the column did not exist yet (metrics added during the run)."""
+    value = row.get(key)
+    return f"{float(value):.{digits}f}" if value else "–"
+
+
 def markdown(validations: list[dict[str, str]]) -> list[str]:
-    lines = ["| step | pixel error (0.5) | pixel error (best threshold) | Rand error | warping error | mIoU | train loss |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| step | pixel error (0.5) | pixel error (best threshold) | 1 − best F-score | Rand error (0.5) | "
+             "Rand error (best threshold) | warping error | mIoU | train loss |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in validations:
-        lines.append(f"| {row['step']} | {float(row['val_pixel_error']):.4f} | {float(row[MONITOR]):.4f} "
-                     f"(t = {row['val_pixel_error_best_threshold']}) | {float(row['val_rand_error']):.4f} | "
-                     f"{float(row['val_warping_error']):.5f} | {float(row['val_mean_iou']):.4f} | "
-                     f"{float(row['train_loss']):.4f} |")
+        lines.append(f"| {row['step']} | {_cell(row, 'val_pixel_error')} | {_cell(row, MONITOR)} "
+                     f"(t = {row['val_pixel_error_best_threshold']}) | {_cell(row, 'val_pixel_error_fscore')} | "
+                     f"{_cell(row, 'val_rand_error')} | {_cell(row, 'val_rand_error_best')} | "
+                     f"{_cell(row, 'val_warping_error', 5)} | {_cell(row, 'val_mean_iou')} | "
+                     f"{_cell(row, 'train_loss')} |")
     return lines
 
 
