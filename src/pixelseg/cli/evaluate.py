@@ -93,8 +93,8 @@ def register(app: typer.Typer) -> None:
 
             raise PixelsegError("--report DIR and --no-report contradict each other: give one")
         scores = run_evaluation(model, split=split, data_overrides=overrides, device=device, tta_scales=scales,
-                                tta_flip=tta_flip, tta_rotate=tta_rotate, report=False if no_report else report or True, refine=refine,
-                                precision=precision, backend=backend)
+                                tta_flip=tta_flip, tta_rotate=tta_rotate, report=False if no_report else report or True,
+                                refine=refine, precision=precision, backend=backend)
         if not is_main_process():  # under torchrun every process holds the same scores: rank 0 reports them
             return
         print_scores(scores)

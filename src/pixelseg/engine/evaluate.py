@@ -62,7 +62,8 @@ def evaluate(model_path: str | Path, *, split: str | None = None, data_overrides
     """Scores of a saved model on ``split`` (default: the validation split of its dataset).
 
     ``tta_scales``/``tta_flip``/``tta_rotate`` average logits over scales, the left-right flip and the quarter
-    turns (``pixelseg.inference.tta``) for the tasks that allow it; ``data_overrides`` change keys of the saved data config (e.g. a moved ``root``).
+    turns (``pixelseg.inference.tta``) for the tasks that allow it; ``data_overrides`` change keys of the saved
+    data config (e.g. a moved ``root``).
     ``report``: ``True`` writes the HTML and Markdown report into the run folder's ``report/`` (the model
     folder's, when it is not in a run folder), a path writes it there; ``scores["report"]`` names the page
     (``scores["report_error"]`` says why, when it could not be written).

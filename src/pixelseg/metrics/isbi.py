@@ -49,11 +49,11 @@ from .confusion import ConfusionMatrix
 
 PIXEL_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
 
-# The 8 neighbours of a pixel, clockwise from the top; bit k of a neighbourhood code is neighbour k.
 SCORE_NAMES: tuple[str, ...] = ("pixel_error", "pixel_error_best", "pixel_error_best_threshold", "pixel_error_fscore",
                                "pixel_error_fscore_threshold", "rand_error", "rand_error_best",
                                "rand_error_best_threshold", "warping_error")
 
+# The 8 neighbours of a pixel, clockwise from the top; bit k of a neighbourhood code is neighbour k.
 NEIGHBOURS: tuple[tuple[int, int], ...] = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
 
 
@@ -218,8 +218,8 @@ class ISBIChallengeErrors:
         if 0.5 not in thresholds:
             raise ValueError("the thresholds must include 0.5")
         self.foreground, self.ignore_index, self.thresholds = foreground, ignore_index, tuple(thresholds)
-        # sections, counted pixels, sum of warping errors, then per threshold: mismatches, true positives,
-        # false positives (cell pixels) and the sum of the sections' Rand errors
+        # sections, counted pixels, sum of warping errors, then per threshold: true positives, false positives,
+        # false negatives (cell pixels) and the sum of the sections' Rand errors
         self.sums = torch.zeros(3 + 4 * len(self.thresholds), dtype=torch.float64)
 
     def reset(self) -> None:
@@ -240,19 +240,21 @@ class ISBIChallengeErrors:
         pixels = float(counted.sum())
         if pixels == 0:
             return [0.0] * len(self.sums)
-        truth_segments, _ = ndimage.label(truth)
-        mismatches, true_positives, false_positives, rand = [], [], [], []
+        truth_segments, _ = ndimage.label(truth)  # labelled once for the Rand error at every threshold
+        true_cells = float(truth.sum())
+        true_positives, false_positives, false_negatives, rand = [], [], [], []
         for threshold in self.thresholds:
             cells = probability > threshold
-            mismatches.append(float((cells != truth)[counted].sum()))
-            true_positives.append(float((cells & truth).sum()))
-            false_positives.append(float((cells & ~truth & counted).sum()))
+            hits, called = float((cells & truth).sum()), float((cells & counted).sum())
+            true_positives.append(hits)
+            false_positives.append(called - hits)
+            false_negatives.append(true_cells - hits)
             rand.append(adapted_rand_error(truth_segments, ndimage.label(cells)[0]))
         predicted = probability > 0.5
         warp_from = np.where(counted, truth, predicted)  # ignored pixels: nothing to warp there
         warped = warp_truth(warp_from, probability, 0.5)
         warping = float(((warped != predicted) & counted).sum()) / pixels
-        return [1.0, pixels, warping, *mismatches, *true_positives, *false_positives, *rand]
+        return [1.0, pixels, warping, *true_positives, *false_positives, *false_negatives, *rand]
 
     def all_reduce(self, group: object | None = None) -> None:
         """Sum the sections' figures of all processes in place (no-op outside ``torch.distributed``)."""
@@ -262,17 +264,15 @@ class ISBIChallengeErrors:
         sections, pixels = float(self.sums[0]), float(self.sums[1])
         if sections == 0:
             return dict.fromkeys(SCORE_NAMES, float("nan"))
-        count = len(self.thresholds)
-        mismatches, true_positives, false_positives, rand_sums = self.sums[3:].view(4, count).double()
-        false_negatives = mismatches - false_positives
-        f_scores = (2 * true_positives / (2 * true_positives + false_positives + false_negatives).clamp(min=1)).tolist()
-        errors, rands = (mismatches / pixels).tolist(), (rand_sums / sections).tolist()
+        true_positives, false_positives, false_negatives, rand_sums = self.sums[3:].view(4, len(self.thresholds))
+        wrong = false_positives + false_negatives
+        errors, rands = (wrong / pixels).tolist(), (rand_sums / sections).tolist()
+        f_errors = (wrong / (2 * true_positives + wrong).clamp(min=1)).tolist()  # 1 − F1 = (FP + FN) / (2TP + FP + FN)
         at_half = self.thresholds.index(0.5)
-        best_pixel, best_f, best_rand = (self._best([sign * value for value in values])
-                                         for sign, values in ((1, errors), (-1, f_scores), (1, rands)))
+        best_pixel, best_f, best_rand = self._best(errors), self._best(f_errors), self._best(rands)
         return {"pixel_error": errors[at_half], "pixel_error_best": errors[best_pixel],
                 "pixel_error_best_threshold": self.thresholds[best_pixel],
-                "pixel_error_fscore": 1.0 - f_scores[best_f], "pixel_error_fscore_threshold": self.thresholds[best_f],
+                "pixel_error_fscore": f_errors[best_f], "pixel_error_fscore_threshold": self.thresholds[best_f],
                 "rand_error": rands[at_half], "rand_error_best": rands[best_rand],
                 "rand_error_best_threshold": self.thresholds[best_rand],
                 "warping_error": float(self.sums[2]) / sections}
