@@ -108,32 +108,44 @@ def simple_points(cells: np.ndarray) -> np.ndarray:
 
 # ---- the three errors of one section -------------------------------------------------------------------
 
+class TruthSegments:
+    """The truth side of :func:`adapted_rand_error`, prepared once to score many predictions against it:
+    the non-membrane pixels (label != 0), their segment indices ``0..n-1`` and the segments' sizes."""
+
+    def __init__(self, truth_segments: np.ndarray) -> None:
+        self.shape = truth_segments.shape
+        self.counted = truth_segments.reshape(-1) != 0
+        self.index = np.unique(truth_segments.reshape(-1)[self.counted], return_inverse=True)[1]
+        self.sizes = np.bincount(self.index).astype(np.float64)
+
+    def rand_error(self, predicted_segments: np.ndarray, *, pairs: bool = True) -> float:
+        """:func:`adapted_rand_error` of ``predicted_segments`` against these segments."""
+        if predicted_segments.shape != self.shape:
+            raise ValueError(f"truth shape {self.shape} != prediction shape {predicted_segments.shape}")
+        predicted_raw = predicted_segments.reshape(-1)[self.counted]
+        singletons = predicted_raw == 0
+        predicted = np.unique(predicted_raw[~singletons], return_inverse=True)[1]
+        predicted_sizes = np.bincount(predicted).astype(np.float64)
+        joint = np.unique(self.index[~singletons] * (predicted.max(initial=0) + 1) + predicted, return_counts=True)[1]
+        joint = joint.astype(np.float64)
+        if pairs:  # each segment's pairs of distinct pixels; a singleton has none
+            agree = (joint**2).sum() - joint.sum()
+            predicted_pairs = (predicted_sizes**2).sum() - predicted_sizes.sum()
+            truth_pairs = (self.sizes**2).sum() - self.sizes.sum()
+        else:
+            extra = float(singletons.sum())
+            agree = (joint**2).sum() + extra
+            predicted_pairs = (predicted_sizes**2).sum() + extra
+            truth_pairs = (self.sizes**2).sum()
+        total = predicted_pairs + truth_pairs
+        return 0.0 if total == 0 else float(1.0 - 2.0 * agree / total)
+
+
 def adapted_rand_error(truth_segments: np.ndarray, predicted_segments: np.ndarray, *, pairs: bool = True) -> float:
     """``1 − V^Rand`` of two label maps: truth label 0 (membrane) is left out, predicted label 0 pixels
     are singletons. ``pairs`` counts pairs of distinct pixels (skimage's and SNEMI3D's form), otherwise
     the ``N²``-normalised form of the paper. No pair anywhere (nothing to split or merge) is error 0."""
-    if truth_segments.shape != predicted_segments.shape:
-        raise ValueError(f"truth shape {truth_segments.shape} != prediction shape {predicted_segments.shape}")
-    counted = truth_segments.reshape(-1) != 0
-    truth = np.unique(truth_segments.reshape(-1)[counted], return_inverse=True)[1]
-    predicted_raw = predicted_segments.reshape(-1)[counted]
-    singletons = predicted_raw == 0
-    predicted = np.unique(predicted_raw[~singletons], return_inverse=True)[1]
-    truth_sizes = np.bincount(truth).astype(np.float64)
-    predicted_sizes = np.bincount(predicted).astype(np.float64)
-    joint = np.unique(truth[~singletons] * (predicted.max(initial=0) + 1) + predicted, return_counts=True)[1]
-    joint = joint.astype(np.float64)
-    if pairs:  # each segment's pairs of distinct pixels; a singleton has none
-        agree = (joint**2).sum() - joint.sum()
-        predicted_pairs = (predicted_sizes**2).sum() - predicted_sizes.sum()
-        truth_pairs = (truth_sizes**2).sum() - truth_sizes.sum()
-    else:
-        extra = float(singletons.sum())
-        agree = (joint**2).sum() + extra
-        predicted_pairs = (predicted_sizes**2).sum() + extra
-        truth_pairs = (truth_sizes**2).sum()
-    total = predicted_pairs + truth_pairs
-    return 0.0 if total == 0 else float(1.0 - 2.0 * agree / total)
+    return TruthSegments(truth_segments).rand_error(predicted_segments, pairs=pairs)
 
 
 def rand_error(truth_cells: np.ndarray, predicted_cells: np.ndarray, *, pairs: bool = True) -> float:
@@ -240,7 +252,7 @@ class ISBIChallengeErrors:
         pixels = float(counted.sum())
         if pixels == 0:
             return [0.0] * len(self.sums)
-        truth_segments, _ = ndimage.label(truth)  # labelled once for the Rand error at every threshold
+        truth_segments = TruthSegments(ndimage.label(truth)[0])  # prepared once for the Rand error at every threshold
         true_cells = float(truth.sum())
         true_positives, false_positives, false_negatives, rand = [], [], [], []
         for threshold in self.thresholds:
@@ -249,7 +261,7 @@ class ISBIChallengeErrors:
             true_positives.append(hits)
             false_positives.append(called - hits)
             false_negatives.append(true_cells - hits)
-            rand.append(adapted_rand_error(truth_segments, ndimage.label(cells)[0]))
+            rand.append(truth_segments.rand_error(ndimage.label(cells)[0]))
         predicted = probability > 0.5
         warp_from = np.where(counted, truth, predicted)  # ignored pixels: nothing to warp there
         warped = warp_truth(warp_from, probability, 0.5)
