@@ -19,7 +19,7 @@ from pixelseg.engine.config import Config, DataConfig, ModelConfig
 from pixelseg.engine.train import build_model_for
 from pixelseg.errors import PixelsegError
 from pixelseg.inference.forward import forward_whole
-from pixelseg.inference.tta import TestTimeAugmented, parse_scales, tta_logits
+from pixelseg.inference.tta import TestTimeAugmented, parse_scales, symmetry_logits, tta_logits
 
 
 def small_net(num_classes: int = 3) -> nn.Module:
@@ -71,6 +71,8 @@ def test_flip_and_rotate_average_the_eight_symmetries_of_the_square_as_numpy_tur
                 view = np.rot90(images.numpy()[..., ::-1] if mirrored else images.numpy(), turns, axes=(2, 3))
                 logits = np.rot90(model(torch.from_numpy(view.copy())).numpy(), -turns, axes=(2, 3))
                 expected.append(logits[..., ::-1] if mirrored else logits)
+                (single,) = symmetry_logits(model, images, mirrored, turns)  # one view, turned back
+                np.testing.assert_allclose(single.numpy(), expected[-1], rtol=1e-5, atol=1e-6)
         got = tta_logits(model, images, flip=True, rotate=True)
         turned_only = tta_logits(model, images, rotate=True)
     np.testing.assert_allclose(got.numpy(), np.mean(expected, axis=0), rtol=1e-5, atol=1e-6)

@@ -77,6 +77,19 @@ def symmetries(flip: bool, rotate: bool) -> list[tuple[bool, int]]:
             for turns in (range(4) if rotate else (0,))]
 
 
+def symmetry_logits(model: nn.Module, images: Tensor, mirrored: bool, turns: int,
+                    scales: Sequence[float] = (1.0,)) -> list[Tensor]:
+    """The logits of one symmetry of ``images`` (mirrored left-right, then turned ``turns`` quarter turns),
+    turned and mirrored back so that they line up with ``images``: one map per scale."""
+    view = images.flip(-1) if mirrored else images
+    view = torch.rot90(view, turns, dims=(-2, -1)) if turns else view
+    maps = []
+    for logits in _one_view(model, view, check_scales(scales)):
+        logits = torch.rot90(logits, -turns, dims=(-2, -1)) if turns else logits
+        maps.append(logits.flip(-1) if mirrored else logits)
+    return maps
+
+
 def tta_logits(model: nn.Module, images: Tensor, scales: Sequence[float] = (1.0,), flip: bool = False,
                rotate: bool = False) -> Tensor:
     """Logits ``(B, C, H, W)`` (or ``(B, C, D, H, W)``: flips and turns act on the last two axes) averaged
@@ -86,13 +99,8 @@ def tta_logits(model: nn.Module, images: Tensor, scales: Sequence[float] = (1.0,
     chooses ``model.eval()`` and ``torch.no_grad()``; nothing here changes the model's mode.
     """
     scales = check_scales(scales)
-    maps: list[Tensor] = []
-    for mirrored, turns in symmetries(flip, rotate):
-        view = images.flip(-1) if mirrored else images
-        view = torch.rot90(view, turns, dims=(-2, -1)) if turns else view
-        for logits in _one_view(model, view, scales):
-            logits = torch.rot90(logits, -turns, dims=(-2, -1)) if turns else logits
-            maps.append(logits.flip(-1) if mirrored else logits)
+    maps = [logits for mirrored, turns in symmetries(flip, rotate)
+            for logits in symmetry_logits(model, images, mirrored, turns, scales)]
     if len(maps) == 1:
         return maps[0]
     return torch.stack(maps).mean(0)
