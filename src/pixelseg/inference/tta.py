@@ -83,7 +83,7 @@ def symmetry_logits(model: nn.Module, images: Tensor, mirrored: bool, turns: int
     turned and mirrored back so that they line up with ``images``: one map per scale."""
     view = images.flip(-1) if mirrored else images
     view = torch.rot90(view, turns, dims=(-2, -1)) if turns else view
-    maps = []
+    maps: list[Tensor] = []
     for logits in _one_view(model, view, check_scales(scales)):
         logits = torch.rot90(logits, -turns, dims=(-2, -1)) if turns else logits
         maps.append(logits.flip(-1) if mirrored else logits)
