@@ -13,17 +13,21 @@ can tell whether the averaging helps or whether the identity view is the excepti
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from pixelseg.data.isbi import ISBI2012
-from pixelseg.data.transforms import evaluation_transform
+from pixelseg.data.build import build_eval_dataset
+from pixelseg.engine.evaluate import saved_data_config
+from pixelseg.errors import PixelsegError
 from pixelseg.inference.tta import symmetries, symmetry_logits
-from pixelseg.io.saved_model import read_model_config, resolve_model_dir
-from pixelseg.metrics.isbi import rand_error
+from pixelseg.io.saved_model import resolve_model_dir
+from pixelseg.metrics.isbi import ISBIChallengeErrors, cell_probabilities
 from pixelseg.models.pretrained import from_pretrained
+from pixelseg.tasks.base import model_info
 
 ROOT = Path(__file__).resolve().parents[2]
 CELL = 1  # the ISBI2012 reader's class index of cell interior
@@ -33,10 +37,13 @@ def view_name(mirrored: bool, turns: int) -> str:
     return ("mirror + " if mirrored else "") + f"{90 * turns}°"
 
 
-def errors(cell_probability: np.ndarray, cells: np.ndarray) -> tuple[float, float]:
-    """Pixel error (the wrong fraction) and Rand error, both at the threshold 0.5."""
-    predicted = cell_probability > 0.5
-    return float(np.mean(predicted != cells)), rand_error(cells, predicted)
+def errors(logits: Tensor, mask: Tensor) -> tuple[float, float]:
+    """Pixel error (the wrong fraction) and Rand error of one section, both at the threshold 0.5, scored by
+    the evaluator ``pixelseg evaluate`` uses."""
+    evaluator = ISBIChallengeErrors(CELL, thresholds=(0.5,))
+    evaluator.update(logits[None], mask[None])
+    scores = evaluator.compute()
+    return scores["pixel_error"], scores["rand_error"]
 
 
 def best_shift(cells: np.ndarray, reference: np.ndarray, reach: int = 2) -> tuple[int, int]:
@@ -51,25 +58,28 @@ def best_shift(cells: np.ndarray, reference: np.ndarray, reach: int = 2) -> tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "runs/reproduce/isbi_unet_paper/best"))
-    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/isbi2012"))
+    parser.add_argument("--data", help="the ISBI 2012 folder (default: the one the model was trained on)")
     args = parser.parse_args()
-    if not Path(args.data).is_dir():
-        raise SystemExit(f"{args.data}: no ISBI 2012 data there")
-    model_dir = resolve_model_dir(args.model)
-    data = read_model_config(model_dir)["data"]
-    model = from_pretrained(model_dir).eval()
-    sections = ISBI2012(args.data, "val", transform=evaluation_transform(data["mean"], data["std"]))
+    try:  # the validation split of the model's own dataset, as `pixelseg evaluate` builds it
+        model_dir = resolve_model_dir(args.model)
+        model = from_pretrained(model_dir).eval()
+        data_config = saved_data_config(model, model_dir)
+        if args.data:
+            data_config = dataclasses.replace(data_config, root=args.data)
+        sections = build_eval_dataset(data_config, model_info(model, model_dir), data_config.val_split)
+    except PixelsegError as err:
+        raise SystemExit(str(err)) from None
     views = symmetries(flip=True, rotate=True)
     names = [view_name(*view) for view in views] + ["average of 8"]
     table = []  # per section: (pixel error, Rand error) of every view, then of the average
     for index in range(len(sections)):
         image, mask = sections[index]
-        cells = mask.numpy() == CELL
         with torch.no_grad():
             logits = [symmetry_logits(model, image[None], mirrored, turns)[0][0] for mirrored, turns in views]
-        maps = [view.softmax(0)[CELL].numpy() for view in logits] + [torch.stack(logits).mean(0).softmax(0)[CELL].numpy()]
-        table.append([errors(probability, cells) for probability in maps])
-        shifts = {best_shift(probability > 0.5, maps[0] > 0.5) for probability in maps[1:-1]}
+        logits.append(torch.stack(logits).mean(0))  # the average of the 8, as --tta-flip --tta-rotate
+        table.append([errors(view, mask) for view in logits])
+        cells = [cell_probabilities(view[None], mask[None], CELL)[0].numpy() > 0.5 for view in logits[:-1]]
+        shifts = {best_shift(view, cells[0]) for view in cells[1:]}
         if shifts != {(0, 0)}:
             print(f"warning: views line up with the 0° view only after shifts {sorted(shifts)}")
         print(f"section {sections.samples[index][0].stem}: " + ", ".join(

@@ -98,7 +98,6 @@ def tta_logits(model: nn.Module, images: Tensor, scales: Sequence[float] = (1.0,
     ``scales=(1.0,), flip=False, rotate=False`` is exactly the plain whole-image forward pass. The caller
     chooses ``model.eval()`` and ``torch.no_grad()``; nothing here changes the model's mode.
     """
-    scales = check_scales(scales)
     maps = [logits for mirrored, turns in symmetries(flip, rotate)
             for logits in symmetry_logits(model, images, mirrored, turns, scales)]
     if len(maps) == 1:
